@@ -1,0 +1,126 @@
+"""The front door: observe what a client sends, attack it, score the reconstruction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedleak.attacks import ATTACKS, AttackInputs, Checkpoint, Reconstruction, recover_labels
+from fedleak.attacks.labels import last_linear
+from fedleak.errors import ConfigError, UpdateError
+from fedleak.fl.client import local_update
+from fedleak.fl.threat import ThreatModel
+from fedleak.fl.update import ClientUpdate
+
+
+def observe(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **training: Any
+) -> ClientUpdate:
+    """The update a server would receive from a client holding ``images`` and ``labels``.
+
+    Keyword arguments are those of :func:`fedleak.fl.local_update` (``protocol="fedavg"``,
+    ``local_steps``, ``batch_size``, ``lr``, ``optimizer``, ``bn_mode``, ...). ``model`` is not
+    modified.
+    """
+    return local_update(model, images, labels, **training)
+
+
+def attack(
+    name: str,
+    model: nn.Module,
+    update: ClientUpdate,
+    *,
+    threat: ThreatModel | None = None,
+    num_images: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    seed: int = 0,
+    callback: Callable[[Checkpoint], None] | None = None,
+    checkpoint_every: int = 100,
+    progress: Callable[[int, float], None] | None = None,
+    **options: Any,
+) -> Reconstruction:
+    """Reconstruct the client's images from ``update`` with the attack ``name``.
+
+    Args:
+        model: the global model the client started from (not modified).
+        threat: what the attacker knows (default: level C, labels not granted).
+        num_images: how many images to rebuild (default: the update's ``num_samples``,
+            which needs level C).
+        image_shape: (C, H, W); default ``model.input_shape`` (set by fedleak's models).
+        callback: receives a :class:`Checkpoint` every ``checkpoint_every`` iterations; the
+            place where a simulation that knows the truth can score progress.
+        options: the attack's hyperparameters (``iterations``, ``restarts``, ...).
+    """
+    cls = ATTACKS.get(name)
+    atk = cls.create(**options)
+    threat = threat or ThreatModel()
+    threat.check(cls.requires, f"attack {name!r}")
+    if update.kind not in cls.handles:
+        raise ConfigError(
+            f"attack {name!r} handles {sorted(cls.handles)} updates, not {update.kind!r}."
+        )
+    view = threat.view(update)
+    view.check_matches(model)
+    n = num_images if num_images is not None else view.num_samples
+    if n is None or n < 1:
+        raise ConfigError(
+            "`num_images` of attack is unknown: pass num_images=... or grant the number of "
+            "samples (threat level C)."
+        )
+    shape = image_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError("`image_shape` of attack is needed for a model without `input_shape`.")
+    shape = tuple(int(s) for s in shape)
+    num_classes = last_linear(model)[1].out_features
+    labels, method = None, "none"
+    if threat.labels is not None:
+        labels, method = threat.labels.reshape(-1).long(), "granted"
+        if labels.numel() != n:
+            raise ConfigError(
+                f"`labels` of ThreatModel must hold {n} labels; got {labels.numel()}."
+            )
+    elif cls.uses_labels:
+        labels, method = recover_labels(model, view, n, shape, seed=seed)  # type: ignore[arg-type]
+    inputs = AttackInputs(
+        model=model,
+        update=view,
+        threat=threat,
+        num_images=n,
+        image_shape=shape,  # type: ignore[arg-type]
+        num_classes=num_classes,
+        labels=labels,
+        label_method=method,
+        seed=seed,
+        callback=callback,
+        checkpoint_every=max(1, checkpoint_every),
+        progress=progress,
+    )
+    rec = atk.reconstruct(inputs)
+    if not bool(torch.isfinite(rec.images).all()):
+        raise UpdateError(f"attack {name!r} produced non-finite images.")
+    return rec
+
+
+def score(
+    reconstruction: Reconstruction | torch.Tensor,
+    images: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Best-match scores of a reconstruction against the true images (after the attack).
+
+    Returns at least ``mse``, ``psnr`` and ``ssim`` (means over Hungarian-paired images), their
+    per-image values, the flat-image PSNR baseline, ``label_accuracy`` when ``labels`` are
+    given and ``rdlv`` when a ``prior`` image is given.
+    """
+    from fedleak.metrics import score_images
+
+    if isinstance(reconstruction, Reconstruction):
+        rec_images, rec_labels = reconstruction.images, reconstruction.labels
+    else:
+        rec_images, rec_labels = reconstruction, None
+    return score_images(rec_images, images, rec_labels=rec_labels, labels=labels, prior=prior)

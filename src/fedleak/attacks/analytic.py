@@ -1,0 +1,216 @@
+"""Analytic inversion of a leading fully-connected layer (Phong et al. 2017; Geiping et al.).
+
+For a first layer ``z = W x + b`` on the (normalized, flattened) image, the loss gradient of row
+j is ``dL/dW_j = sum_i d_ij x_i`` and ``dL/db_j = sum_i d_ij`` (d_ij = dL/dz_ij, batch mean
+included). What this makes exact, and what this attack does:
+
+* **One image:** every row with ``dL/db_j != 0`` gives ``x = dL/dW_j / dL/db_j``; the rows are
+  combined by least squares (``sum_j b_j W_j / sum_j b_j^2``), exact up to float rounding.
+* **A batch:** a row is a mix of all images unless only one image reached it (a ReLU unit
+  inactive for all others), and then its ratio is exactly that image. Such rows are found as
+  ratios that *several* rows reproduce to float precision (a mix of images does not repeat).
+  The attack returns a batch only when it finds N such images and they explain the whole
+  first-layer gradient (least-squares residual below ``tolerance``); otherwise it refuses,
+  since anything else would be an approximation, not a recovery.
+* **FedAvg:** with SGD (any momentum) every local step adds rows proportional to [x_i, 1], so
+  the ratios above survive K steps unchanged; weight decay is undone for one step (the server
+  knows W), and Adam (per-element scaling) is refused.
+
+The image is un-normalized with the model's :class:`~fedleak.models.Normalize` mean/std back to
+[0, 1] pixels. Labels are not needed (``uses_labels=False``) and none are returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
+from fedleak.errors import ConfigError, InsufficientKnowledgeError, UpdateError
+from fedleak.fl.update import ClientUpdate
+from fedleak.models.normalize import Normalize
+
+_TRANSPARENT = (Normalize, nn.Flatten, nn.Identity)
+
+
+def _flat_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules in run order, nested Sequentials expanded (only Sequentials have a known order)."""
+    out: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            out += [(f"{name}.{n}", m) for n, m in _flat_modules(child)]
+        else:
+            out.append((name, child))
+    return out
+
+
+def leading_linear(
+    model: nn.Module, image_shape: tuple[int, int, int]
+) -> tuple[str, nn.Linear, Normalize | None]:
+    """The biased ``nn.Linear`` that sees the image first, its name and the Normalize before it.
+
+    Raises :class:`ConfigError` naming the layer that stands in the way otherwise.
+    """
+    mods = _flat_modules(model) if isinstance(model, nn.Sequential) else []
+    norm = None
+    for name, m in mods:
+        if isinstance(m, Normalize):
+            norm = m
+            continue
+        if isinstance(m, _TRANSPARENT):
+            continue
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            if m.in_features != math.prod(image_shape):
+                break
+            return name, m, norm
+        raise ConfigError(
+            "attack 'analytic' inverts a leading fully-connected layer with bias; this model's "
+            f"first layer is {type(m).__name__} ({name!r}). Use an optimization attack "
+            "(e.g. inverting-gradients) instead."
+        )
+    raise ConfigError(
+        "attack 'analytic' needs a model that starts with [Normalize, Flatten,] a biased "
+        f"nn.Linear on all {math.prod(image_shape)} pixels of {tuple(image_shape)} images "
+        "(e.g. build_model('mlp')); this model has none."
+    )
+
+
+def _first_layer_signal(
+    update: ClientUpdate, model: nn.Module, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows proportional to the first layer's loss gradient (W part, b part), in float64."""
+    wk, bk = f"{name}.weight", f"{name}.bias"
+    if wk not in update.tensors or bk not in update.tensors:
+        raise UpdateError(
+            f"attack 'analytic' needs the update of {wk!r} and {bk!r}; the update lacks them."
+        )
+    w, b = update.tensors[wk].double(), update.tensors[bk].double()
+    if update.kind == "gradient":
+        return w, b
+    cfg = update.training
+    if cfg is None:
+        raise InsufficientKnowledgeError(
+            "attack 'analytic' on a FedAvg update needs the training details (level C or higher)."
+        )
+    if cfg.optimizer != "sgd":
+        raise ConfigError(
+            f"attack 'analytic' is exact for SGD clients only; this client used {cfg.optimizer!r}, "
+            "whose per-element scaling breaks the weight/bias ratio."
+        )
+    if cfg.weight_decay:
+        if cfg.local_steps != 1:
+            raise ConfigError(
+                "attack 'analytic' undoes weight decay only for one local step; this client took "
+                f"{cfg.local_steps}."
+            )
+        params = dict(model.named_parameters())
+        w0, b0 = params[wk].detach().double(), params[bk].detach().double()
+        # delta = -lr (g + wd p0)  ->  g = -delta / lr - wd p0
+        return -w / cfg.lr - cfg.weight_decay * w0, -b / cfg.lr - cfg.weight_decay * b0
+    return w, b  # a common factor (-lr, momentum sums) cancels in the ratio
+
+
+def _explain(
+    w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor
+) -> float:
+    """Relative residual of fitting every row [W_j, b_j] by combinations of [x_i, 1]."""
+    basis = torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype)], 1)  # (N, D+1)
+    rows = torch.cat([w, b[:, None]], 1)  # (H, D+1)
+    coef = torch.linalg.lstsq(basis.T, rows.T).solution  # (N, H)
+    res = rows - coef.T @ basis
+    return float(res.norm() / rows.norm().clamp_min(1e-300))
+
+
+def _separable_inputs(
+    w: torch.Tensor, b: torch.Tensor, n: int, tol: float
+) -> tuple[torch.Tensor | None, int]:
+    """Inputs that several rows reproduce exactly (single-image rows), up to n of them."""
+    keep = b.abs() > 1e-9 * b.abs().max()
+    ratios = w[keep] / b[keep, None]
+    if ratios.shape[0] < 2:
+        return None, 0
+    scale = ratios.norm(dim=1)
+    dist = torch.cdist(ratios, ratios)
+    close = dist <= tol * (scale[:, None] + scale[None, :]) / 2
+    groups: list[torch.Tensor] = []
+    used = torch.zeros(ratios.shape[0], dtype=torch.bool)
+    for j in range(ratios.shape[0]):
+        if used[j]:
+            continue
+        members = close[j] & ~used
+        used |= members
+        if int(members.sum()) >= 2:
+            groups.append(members)
+    groups.sort(key=lambda m: -int(m.sum()))
+    if len(groups) < n:
+        return None, len(groups)
+    xs = torch.stack([ratios[m].mean(0) for m in groups[:n]])
+    return xs, len(groups)
+
+
+@register_attack("analytic")
+@dataclass(frozen=True)
+class Analytic(Attack):
+    """Closed-form recovery from a leading fully-connected layer; no optimization.
+
+    Knowledge: the architecture (level B) for FedSGD; FedAvg updates also need the training
+    details (level C). ``tolerance``: relative precision to which rows must agree and the
+    recovered batch must explain the gradient (float32 updates reach about 1e-6).
+    """
+
+    tolerance: float = 1e-4
+
+    uses_labels = False
+
+    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
+        """Divide weight rows by bias entries; refuse whatever would not be exact."""
+        if not self.tolerance > 0:
+            raise ConfigError(f"`tolerance` of analytic must be > 0; got {self.tolerance!r}.")
+        start = time.perf_counter()
+        shape, n = inputs.image_shape, inputs.num_images
+        name, _, norm = leading_linear(inputs.model, shape)
+        w, b = _first_layer_signal(inputs.update, inputs.model, name)
+        if not bool((b != 0).any()):
+            raise UpdateError(
+                f"the bias update of {name!r} is all zero: no row carries the input (dead layer, "
+                "or the update was pruned)."
+            )
+        if n == 1:
+            xs = ((b[:, None] * w).sum(0) / b.pow(2).sum())[None]
+            groups = 1
+        else:
+            xs, groups = _separable_inputs(w, b, n, self.tolerance)
+            if xs is None:
+                raise ConfigError(
+                    f"attack 'analytic' recovers a batch only when each image has rows of its "
+                    f"own in {name!r}; found {groups} of {n} such images, so the images are "
+                    "mixed and no exact recovery exists. Use batch 1 or an optimization attack."
+                )
+        residual = _explain(w, b, xs)
+        if n > 1 and residual > self.tolerance * 10:
+            raise ConfigError(
+                f"attack 'analytic': the {n} separable images leave {residual:.1e} of the "
+                f"gradient of {name!r} unexplained (more than {n} images, or noise on the update); "
+                "refusing an inexact recovery."
+            )
+        images = xs.reshape(n, *shape)
+        if norm is not None:
+            images = images * norm.std.double() + norm.mean.double()
+        images = images.to(torch.get_default_dtype()).clamp(0, 1)
+        return Reconstruction(
+            images=images,
+            labels=None,
+            attack=self.name,
+            threat_level=inputs.threat.level,
+            loss_history=[residual],
+            restart_losses=[residual],
+            best_restart=0,
+            iterations=1,
+            seconds=time.perf_counter() - start,
+            label_method="none",
+            extras={"layer": name, "residual": residual, "separable_images": groups},
+        )

@@ -1,0 +1,152 @@
+"""What every attack shares: the registry, what an attack is given, what it returns.
+
+An attack is a frozen dataclass of its hyperparameters with a ``reconstruct(inputs)`` method.
+It declares the knowledge it ``requires``; the front door checks that against the threat model
+before anything runs. Ground truth never reaches an attack: simulations that know the truth
+observe progress through the ``callback`` and score afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fedleak.errors import ConfigError
+from fedleak.fl.threat import ThreatModel
+from fedleak.fl.update import ClientUpdate
+from fedleak.registry import Registry
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Progress of an attack, handed to the caller's callback every few iterations."""
+
+    iteration: int
+    loss: float  # best attack loss over restarts so far
+    images: torch.Tensor  # (N, C, H, W) current best candidate, detached
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The result of an attack.
+
+    Attributes:
+        images: (N, C, H, W) in [0, 1], the restart with the lowest attack loss.
+        labels: (N,) class indices the attack used or recovered (None if it has none).
+        loss_history: attack loss of the chosen restart, one value per iteration.
+        restart_losses: final (best) attack loss of each restart; ``best_restart`` indexes it.
+        label_method: where the labels came from ("granted", "idlg", "count", "joint", ...).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    attack: str
+    threat_level: str
+    loss_history: list[float]
+    restart_losses: list[float]
+    best_restart: int
+    iterations: int
+    seconds: float
+    label_method: str = "none"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def iterations_per_second(self) -> float:
+        return self.iterations / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description without the images."""
+        return {
+            "attack": self.attack,
+            "threat_level": self.threat_level,
+            "num_images": int(self.images.shape[0]),
+            "labels": None if self.labels is None else self.labels.tolist(),
+            "label_method": self.label_method,
+            "final_loss": self.restart_losses[self.best_restart] if self.restart_losses else None,
+            "restart_losses": self.restart_losses,
+            "best_restart": self.best_restart,
+            "iterations": self.iterations,
+            "seconds": round(self.seconds, 3),
+            "iterations_per_second": round(self.iterations_per_second, 2),
+            **{k: v for k, v in self.extras.items() if isinstance(v, int | float | str | bool)},
+        }
+
+
+@dataclass(frozen=True)
+class AttackInputs:
+    """Everything an attack may use: the attacker's view, never the client's data.
+
+    ``model`` is a private copy of the global model (parameters frozen) that the attack may use
+    freely; ``update`` has already been filtered through ``threat.view``.
+    """
+
+    model: nn.Module
+    update: ClientUpdate
+    threat: ThreatModel
+    num_images: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    labels: torch.Tensor | None
+    label_method: str
+    seed: int = 0
+    callback: Callable[[Checkpoint], None] | None = None
+    checkpoint_every: int = 100
+    progress: Callable[[int, float], None] | None = None  # (iterations done, current loss)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+class Attack(ABC):
+    """Base class of all attacks. Subclasses are frozen dataclasses of hyperparameters."""
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset({"architecture"})
+    #: whether the front door should provide labels (granted, or recovered from the update)
+    uses_labels: ClassVar[bool] = True
+    #: update kinds the attack handles
+    handles: ClassVar[frozenset[str]] = frozenset({"gradient", "delta"})
+
+    @abstractmethod
+    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
+        """Rebuild the client's images from ``inputs`` alone."""
+
+    @classmethod
+    def options(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+    @classmethod
+    def create(cls, **options: Any) -> Attack:
+        """Build the attack, turning unknown options into a clear error."""
+        valid = cls.options()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"attack {cls.name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"valid options: {', '.join(valid) or 'none'}."
+            )
+        return cls(**options)
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def register_attack(name: str, *, force: bool = False) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator: register an attack under ``name`` (also sets ``cls.name``)."""
+
+    def deco(cls: type[Attack]) -> type[Attack]:
+        cls.name = name
+        ATTACKS.add(name, cls, force=force)
+        return cls
+
+    return deco
+
+
+def available_attacks() -> list[str]:
+    return ATTACKS.names()

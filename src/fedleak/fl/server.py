@@ -1,0 +1,160 @@
+"""Server side of an in-process federation: weighted FedAvg, client sampling, the round loop."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedleak.errors import ConfigError, UpdateError
+from fedleak.fl.client import local_update
+from fedleak.fl.update import ClientUpdate
+
+
+def aggregate(
+    updates: Sequence[ClientUpdate], weights: Sequence[float] | None = None
+) -> ClientUpdate:
+    """Weighted FedAvg: a true weighted mean of the clients' tensors and float buffers.
+
+    Weights default to each update's ``num_samples``. Integer buffers (``num_batches_tracked``)
+    take the maximum. The result is an update of the same kind, with ``num_samples`` summed.
+    """
+    if not updates:
+        raise ConfigError("`updates` of aggregate must hold at least one update; got none.")
+    kinds = {u.kind for u in updates}
+    if len(kinds) > 1:
+        raise UpdateError(f"cannot aggregate a mix of update kinds {sorted(kinds)}.")
+    if weights is None:
+        if any(u.num_samples is None for u in updates):
+            raise ConfigError("aggregate needs `weights` when an update hides its num_samples.")
+        weights = [float(u.num_samples) for u in updates]  # type: ignore[arg-type]
+    if len(weights) != len(updates) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(
+            f"`weights` of aggregate must be {len(updates)} non-negative numbers with a positive "
+            f"sum; got {list(weights)!r}."
+        )
+    w = torch.tensor(weights, dtype=torch.float64)
+    w = w / w.sum()
+    keys = list(updates[0].tensors)
+    tensors = {}
+    for k in keys:
+        stack = torch.stack([u.tensors[k].to(torch.float64) for u in updates])
+        tensors[k] = torch.tensordot(w, stack, dims=1).to(updates[0].tensors[k].dtype)
+    buffers = {}
+    for k, v0 in updates[0].buffers.items():
+        stack = torch.stack([u.buffers[k] for u in updates])
+        if v0.is_floating_point():
+            buffers[k] = torch.tensordot(w, stack.to(torch.float64), dims=1).to(v0.dtype)
+        else:
+            buffers[k] = stack.max(dim=0).values
+    total = sum(u.num_samples or 0 for u in updates)
+    return ClientUpdate(kind=updates[0].kind, tensors=tensors, buffers=buffers, num_samples=total)
+
+
+@torch.no_grad()
+def apply_update(model: nn.Module, update: ClientUpdate, *, server_lr: float = 1.0) -> None:
+    """Apply an (aggregated) update to ``model`` in place: ``p += lr*delta`` or ``p -= lr*grad``."""
+    params = dict(model.named_parameters())
+    sign = 1.0 if update.kind == "delta" else -1.0
+    for k, t in update.tensors.items():
+        params[k].add_(t, alpha=sign * server_lr)
+    state_buffers = dict(model.named_buffers())
+    for k, b in update.buffers.items():
+        state_buffers[k].copy_(b)
+
+
+def sample_clients(num_clients: int, per_round: int, generator: torch.Generator) -> list[int]:
+    """Choose ``per_round`` distinct clients uniformly at random (sorted, reproducible)."""
+    if not 1 <= per_round <= num_clients:
+        raise ConfigError(
+            f"`clients_per_round` must be between 1 and {num_clients}; got {per_round}."
+        )
+    return sorted(torch.randperm(num_clients, generator=generator)[:per_round].tolist())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 512
+) -> float:
+    """Top-1 accuracy of ``model`` in eval mode (restores the previous mode)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for s in range(0, images.shape[0], batch):
+        correct += int((model(images[s : s + batch]).argmax(1) == labels[s : s + batch]).sum())
+    model.train(was_training)
+    return correct / max(1, images.shape[0])
+
+
+@dataclass
+class ClientData:
+    """A simulated client's private data; it never leaves the simulation."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    train: dict[str, Any] = field(default_factory=dict)  # per-client local_update overrides
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    clients: list[int]
+    accuracy: float | None
+    updates: dict[int, ClientUpdate]
+
+
+def federate(
+    model: nn.Module,
+    clients: Sequence[ClientData],
+    *,
+    rounds: int,
+    clients_per_round: int | None = None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    train: dict[str, Any] | None = None,
+    seed: int = 0,
+    on_update: Callable[[int, int, ClientUpdate, nn.Module], None] | None = None,
+) -> Iterator[RoundResult]:
+    """Run an in-process federation, yielding one :class:`RoundResult` per round.
+
+    ``model`` is trained in place (it is the server's global model). ``train`` holds the
+    :func:`local_update` options shared by all clients; ``ClientData.train`` overrides them per
+    client. ``on_update(round, client, update, global_model)`` sees every update before it is
+    aggregated, with the global model the client started from (an audit's hook).
+    """
+    if rounds < 1:
+        raise ConfigError(f"`rounds` must be >= 1; got {rounds}.")
+    gen = torch.Generator().manual_seed(seed)
+    per_round = clients_per_round or len(clients)
+    for r in range(1, rounds + 1):
+        chosen = sample_clients(len(clients), per_round, gen)
+        start = copy.deepcopy(model)
+        updates = {}
+        for c in chosen:
+            opts = {**(train or {}), **clients[c].train}
+            u = local_update(
+                start,
+                clients[c].images,
+                clients[c].labels,
+                seed=seed * 100_003 + r * 1_009 + c,
+                client_id=str(c),
+                round=r,
+                **opts,
+            )
+            if on_update is not None:
+                on_update(r, c, u, start)
+            updates[c] = u
+        apply_update(model, aggregate(list(updates.values())), server_lr=_server_lr(updates))
+        acc = evaluate(model, *test) if test is not None else None
+        yield RoundResult(round=r, clients=chosen, accuracy=acc, updates=updates)
+
+
+def _server_lr(updates: dict[int, ClientUpdate]) -> float:
+    """FedSGD gradients are applied with the clients' lr; FedAvg deltas as they are."""
+    u = next(iter(updates.values()))
+    if u.kind == "gradient":
+        return u.training.lr if u.training and u.training.lr > 0 else 0.1
+    return 1.0

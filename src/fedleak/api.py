@@ -74,7 +74,7 @@ def attack(
     if shape is None:
         raise ConfigError("`image_shape` of attack is needed for a model without `input_shape`.")
     shape = tuple(int(s) for s in shape)
-    num_classes = last_linear(model)[1].out_features
+    num_classes = last_linear(model)[1].out_features if cls.uses_labels else 0
     labels, method = None, "none"
     if threat.labels is not None:
         labels, method = threat.labels.reshape(-1).long(), "granted"

@@ -22,6 +22,7 @@ The image is un-normalized with the model's :class:`~fedleak.models.Normalize` m
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -79,6 +80,14 @@ def leading_linear(
     )
 
 
+def _relu_follows(model: nn.Module, name: str) -> bool:
+    """Whether the module right after the leading layer ``name`` is a ReLU."""
+    mods = _flat_modules(model)
+    names = [n for n, _ in mods]
+    i = names.index(name)
+    return i + 1 < len(mods) and isinstance(mods[i + 1][1], nn.ReLU)
+
+
 def _first_layer_signal(
     update: ClientUpdate, model: nn.Module, name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,9 +123,7 @@ def _first_layer_signal(
     return w, b  # a common factor (-lr, momentum sums) cancels in the ratio
 
 
-def _explain(
-    w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor
-) -> float:
+def _explain(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor) -> float:
     """Relative residual of fitting every row [W_j, b_j] by combinations of [x_i, 1]."""
     basis = torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype)], 1)  # (N, D+1)
     rows = torch.cat([w, b[:, None]], 1)  # (H, D+1)
@@ -125,31 +132,61 @@ def _explain(
     return float(res.norm() / rows.norm().clamp_min(1e-300))
 
 
-def _separable_inputs(
-    w: torch.Tensor, b: torch.Tensor, n: int, tol: float
-) -> tuple[torch.Tensor | None, int]:
-    """Inputs that several rows reproduce exactly (single-image rows), up to n of them."""
-    keep = b.abs() > 1e-9 * b.abs().max()
-    ratios = w[keep] / b[keep, None]
-    if ratios.shape[0] < 2:
-        return None, 0
+def _groups(
+    w: torch.Tensor, b: torch.Tensor, tol: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Ratios that >= 2 rows reproduce to precision ``tol``: (input, row mask) per group."""
+    rows = torch.nonzero(b.abs() > 1e-9 * b.abs().max()).flatten()
+    ratios = w[rows] / b[rows, None]
     scale = ratios.norm(dim=1)
-    dist = torch.cdist(ratios, ratios)
-    close = dist <= tol * (scale[:, None] + scale[None, :]) / 2
-    groups: list[torch.Tensor] = []
-    used = torch.zeros(ratios.shape[0], dtype=torch.bool)
-    for j in range(ratios.shape[0]):
+    close = torch.cdist(ratios, ratios) <= tol * (scale[:, None] + scale[None, :]) / 2
+    out = []
+    used = torch.zeros(rows.numel(), dtype=torch.bool)
+    for j in range(rows.numel()):
         if used[j]:
             continue
         members = close[j] & ~used
         used |= members
         if int(members.sum()) >= 2:
-            groups.append(members)
-    groups.sort(key=lambda m: -int(m.sum()))
+            mask = torch.zeros_like(b, dtype=torch.bool)
+            mask[rows[members]] = True
+            out.append((ratios[members].mean(0), mask))
+    return sorted(out, key=lambda g: -int(g[1].sum()))
+
+
+def _separable_inputs(
+    w: torch.Tensor,
+    b: torch.Tensor,
+    w0: torch.Tensor,
+    b0: torch.Tensor,
+    n: int,
+    tol: float,
+    max_sets: int = 20_000,
+) -> tuple[torch.Tensor | None, int]:
+    """N inputs, each reproduced by rows that (ReLU) no other of the N activates.
+
+    Rows active for several images all mix them with the same weights when the loss gradients
+    are collinear (e.g. 2 classes), so repeated ratios alone do not prove a single image; the
+    global layer (w0, b0) tells which images activate each row, and a valid set is one where
+    every image's rows are active for it and for none of the others.
+    """
+    groups = _groups(w, b, tol)
     if len(groups) < n:
         return None, len(groups)
-    xs = torch.stack([ratios[m].mean(0) for m in groups[:n]])
-    return xs, len(groups)
+    xs = torch.stack([g[0] for g in groups])
+    masks = torch.stack([g[1] for g in groups])  # (G, H) rows giving each ratio
+    active = (xs @ w0.T + b0) > 0  # (G, H) rows each candidate activates
+    own = (masks & active).sum(1) == masks.sum(1)  # a true image activates its own rows
+    cand = [i for i in range(len(groups)) if bool(own[i])]
+    for k, subset in enumerate(itertools.combinations(cand, n)):
+        if k >= max_sets:
+            break
+        idx = torch.tensor(subset)
+        act = active[idx][:, None, :] & masks[idx][None, :, :]  # (n, n, H): i activates rows of j
+        act[torch.arange(n), torch.arange(n)] = False
+        if not bool(act.any()):
+            return xs[idx], len(groups)
+    return None, len(groups)
 
 
 @register_attack("analytic")
@@ -183,12 +220,25 @@ class Analytic(Attack):
             xs = ((b[:, None] * w).sum(0) / b.pow(2).sum())[None]
             groups = 1
         else:
-            xs, groups = _separable_inputs(w, b, n, self.tolerance)
+            if not _relu_follows(inputs.model, name):
+                raise ConfigError(
+                    f"attack 'analytic' separates a batch only when a ReLU follows {name!r} "
+                    "(rows that a single image reaches); with this activation every row mixes "
+                    f"all {n} images. Use batch 1 or an optimization attack."
+                )
+            layer = dict(inputs.model.named_modules())[name]
+            w0, b0 = layer.weight.detach().double(), layer.bias.detach().double()
+            xs, groups = _separable_inputs(w, b, w0, b0, n, self.tolerance)
             if xs is None:
+                found = (
+                    f"found {groups} of {n} such images"
+                    if groups < n
+                    else f"none of the {groups} repeated ratios form {n} single images"
+                )
                 raise ConfigError(
                     f"attack 'analytic' recovers a batch only when each image has rows of its "
-                    f"own in {name!r}; found {groups} of {n} such images, so the images are "
-                    "mixed and no exact recovery exists. Use batch 1 or an optimization attack."
+                    f"own in {name!r}; {found}, so the images are mixed and no exact recovery "
+                    "exists. Use batch 1 or an optimization attack."
                 )
         residual = _explain(w, b, xs)
         if n > 1 and residual > self.tolerance * 10:

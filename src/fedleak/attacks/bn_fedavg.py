@@ -203,7 +203,9 @@ class BNFedAvg(Attack):
                 f"{self.restarts}."
             )
         if self.metric not in ("l2", "cosine"):
-            raise ConfigError(f"`metric` of bn-fedavg must be 'l2' or 'cosine'; got {self.metric!r}.")
+            raise ConfigError(
+                f"`metric` of bn-fedavg must be 'l2' or 'cosine'; got {self.metric!r}."
+            )
         if self.init not in ("auto", "prior", "random", "constant"):
             raise ConfigError(
                 "`init` of bn-fedavg must be 'auto', 'prior', 'random' or 'constant'; "
@@ -311,13 +313,21 @@ class BNFedAvg(Attack):
             v["images"].clamp_(0, 1)
 
         res = optimize(
-            {"images": x0}, objective, inputs, iterations=self.iterations, lr=self.lr,
-            betas=self.betas, schedule="cosine", warmup=min(warmup, self.iterations - 1),
+            {"images": x0},
+            objective,
+            inputs,
+            iterations=self.iterations,
+            lr=self.lr,
+            betas=self.betas,
+            schedule="cosine",
+            warmup=min(warmup, self.iterations - 1),
             project=project,
         )
         best = int(res.best_loss.argmin())
         with torch.no_grad():
-            final_terms = {k: float(v[best]) for k, v in terms(res.best["images"][best : best + 1]).items()}
+            final_terms = {
+                k: float(v[best]) for k, v in terms(res.best["images"][best : best + 1]).items()
+            }
         return Reconstruction(
             images=res.best["images"][best].clamp(0, 1),
             labels=inputs.labels,

@@ -39,6 +39,7 @@ class DLG(Attack):
     restart_above: float = 1e-2
     lr: float = 1.0
     history_size: int = 100
+    metric: str = "l2-layer"
     joint_labels: bool = False
     replay: bool = False
 
@@ -82,19 +83,21 @@ class DLG(Attack):
 
             def closure() -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)  # noqa: B023 (closure runs inside this loop)
-                loss = gradient_distance(sim(x, y), target, metric="l2").sum()  # noqa: B023
+                loss = gradient_distance(sim(x, y), target, metric=self.metric).sum()  # noqa: B023
                 loss.backward()
                 return loss
 
             history: list[torch.Tensor] = []
-            n_iter = 0
+            n_iter, prev = 0, float("inf")
             while n_iter < self.iterations:
                 loss = opt.step(closure).detach()
                 history.append(loss)
                 now = opt.state[x].get("n_iter", 0)
-                stalled = now - n_iter < inner  # L-BFGS stopped early: converged or stuck
-                n_iter = now
                 lv = float(loss)
+                # L-BFGS ends a call early on a flat stretch; give up only if a call brings
+                # no progress at all (or diverges)
+                stalled = now - n_iter < inner and not lv < prev * (1 - 1e-6)
+                n_iter, prev = now, min(prev, lv)
                 if inputs.progress is not None:
                     inputs.progress(done + n_iter, lv)
                 if inputs.callback is not None and (
@@ -106,7 +109,7 @@ class DLG(Attack):
             done += n_iter
             # the line search leaves the final iterate unevaluated: score it once
             with torch.no_grad():
-                final = float(gradient_distance(sim(x, y), target, metric="l2").sum())
+                final = float(gradient_distance(sim(x, y), target, metric=self.metric).sum())
             if not math.isfinite(final):
                 final = float("inf")
             results.append((final, x.detach().clone(), y.detach().clone(), history))

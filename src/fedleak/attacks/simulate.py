@@ -182,10 +182,19 @@ def gradient_distance(
 ) -> torch.Tensor:
     """Per-restart distance (R,) between simulated tensors (R, ...) and target tensors (...).
 
-    ``l2``: weighted sum of squared differences (DLG, GradInversion). ``cosine``: 1 - cosine
+    ``l2``: weighted sum of squared differences (DLG, GradInversion). ``l2-layer``: the same
+    with each tensor's error divided by its squared norm, so small early-layer gradients (which
+    pin down the pixels) count as much as the large last-layer ones. ``cosine``: 1 - cosine
     similarity of the weighted concatenation of all selected tensors (Inverting Gradients).
     """
     keys = list(target)
+    if metric == "l2-layer":  # scale-free: each tensor's squared error relative to its norm
+        total = 0.0
+        for k in keys:
+            w = 1.0 if weights is None else weights[k]
+            scale = target[k].pow(2).sum().clamp_min(1e-30)
+            total = total + w * (candidate[k] - target[k]).flatten(1).pow(2).sum(1) / scale
+        return total  # type: ignore[return-value]
     if metric == "l2":
         total = 0.0
         for k in keys:
@@ -203,4 +212,4 @@ def gradient_distance(
             cn = cn + w * c.pow(2).sum(1)
             tn = tn + w * t.pow(2).sum()
         return 1 - dot / (cn.sqrt() * tn.sqrt() + 1e-12)  # type: ignore[operator,union-attr]
-    raise ConfigError(f"`metric` must be 'l2' or 'cosine'; got {metric!r}.")
+    raise ConfigError(f"`metric` must be 'l2', 'l2-layer' or 'cosine'; got {metric!r}.")

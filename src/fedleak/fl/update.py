@@ -46,6 +46,7 @@ class TrainingConfig:
     bn_momentum: float | None = None
     shuffle: bool = True
     loss: str = "cross-entropy"
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         if self.protocol not in ("fedsgd", "fedavg"):
@@ -85,6 +86,8 @@ class ClientUpdate:
         buffers: BatchNorm buffers after local training (absolute values, as in a state dict).
         num_samples: images the client trained on (FedAvg weight); ``None`` when hidden.
         training: the local training configuration; ``None`` when the threat model hides it.
+        shared: other tensors the client sends in the clear, e.g. a diffusion client's noise
+            ``epsilon`` and timesteps ``t`` when the protocol shares them (empty by default).
         client_id, round: bookkeeping for audits.
     """
 
@@ -93,6 +96,7 @@ class ClientUpdate:
     buffers: Mapping[str, torch.Tensor] = field(default_factory=dict)
     num_samples: int | None = None
     training: TrainingConfig | None = None
+    shared: Mapping[str, torch.Tensor] = field(default_factory=dict)
     client_id: str | None = None
     round: int | None = None
 
@@ -138,6 +142,7 @@ class ClientUpdate:
         payload = {
             "tensors": {k: v.detach().cpu() for k, v in self.tensors.items()},
             "buffers": {k: v.detach().cpu() for k, v in self.buffers.items()},
+            "shared": {k: v.detach().cpu() for k, v in self.shared.items()},
             "meta": json.dumps(meta),
         }
         torch.save(payload, path)
@@ -155,6 +160,7 @@ class ClientUpdate:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             meta = json.loads(payload["meta"])
             tensors, buffers = dict(payload["tensors"]), dict(payload["buffers"])
+            shared = dict(payload.get("shared", {}))
         except Exception as exc:  # noqa: BLE001 - any failure means "not our format"
             raise DataError(
                 f"{path}: not a fedleak client update ({type(exc).__name__}: {exc})."
@@ -164,6 +170,7 @@ class ClientUpdate:
             kind=meta["kind"],
             tensors=tensors,
             buffers=buffers,
+            shared=shared,
             num_samples=meta.get("num_samples"),
             training=training,
             client_id=meta.get("client_id"),

@@ -1,0 +1,3 @@
+from fedleak.cli import main
+
+main()

@@ -1,0 +1,798 @@
+"""Gradient inversion of federated diffusion models: "diffusion-ig", "gidm" and "gidm-plus".
+
+A diffusion client's update is the gradient of the DDPM loss on its images x, its noise eps and
+its timesteps t (see :mod:`fedleak.diffusion.client`). The attacks rebuild x by matching that
+gradient with the same loss recomputed on candidates, differentiably (double backward through
+the victim UNet, ``torch.func.grad`` vmapped over R restarts: one computation, no host syncs in
+the loop except checkpoints).
+
+* ``diffusion-ig``: Inverting-Gradients/DLG-style matching in pixel space. With the client's
+  eps and t shared in the clear it uses them; ``joint_noise=True`` optimizes eps with the image
+  (Gaussian prior on eps) and takes t from ``t`` or a search (see below): GIDM+ without the prior.
+* ``gidm`` (Huang et al. 2024): phase 1 optimizes the initial noise x_T of a well-trained
+  diffusion model of the domain (the prior, threat level D), whose image comes out of K
+  deterministic DDIM steps with gradients through all of them; phase 2 fine-tunes the pixels
+  from the phase-1 image. Needs the shared eps and t.
+* ``gidm-plus``: eps and t private. t is recovered per sample by enumerating candidate
+  timesteps, each with a short joint (image, eps) attack, keeping the lowest gradient distance
+  (or, ``t_search="relaxed"``, by optimizing a continuous t); then GIDM's two phases run with eps
+  optimized jointly. The public code picks t by an argmax with no gradient; we do not.
+
+Matching: ``metric="l2"`` is the squared distance divided by the target's squared norm (so the
+regularizer weights do not depend on the update's scale); ``"cosine"`` is 1 - cosine similarity.
+FedAvg deltas are matched through the pseudo-gradient delta / (-lr K): with shared noise the
+simulated gradient averages the K local steps' losses (exact for K = 1, first order otherwise);
+with private noise one (eps, t) per image stands for all steps (an approximation).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
+from fedleak.attacks.optimize import OptimizationResult, optimize, total_variation
+from fedleak.attacks.simulate import Tensors, gradient_distance, pseudo_gradient
+from fedleak.diffusion.client import parse_diffusion_loss
+from fedleak.diffusion.prior import diffusion_meta, load_model
+from fedleak.diffusion.schedule import NoiseSchedule, ddim_sample, diffusion_loss
+from fedleak.errors import ConfigError, InsufficientKnowledgeError
+
+METRICS = ("l2", "cosine")
+LR_SCHEDULES = ("step", "cosine", "constant")
+T_SEARCHES = ("enumerate", "relaxed")
+
+Variables = dict[str, torch.Tensor]
+
+
+# ------------------------------------------------------------------------------- simulation
+
+
+@dataclass
+class DiffusionSetup:
+    """What the attacks compare against, built once per attack (never inside the loop)."""
+
+    target: Tensors
+    weights: dict[str, float]
+    schedule: NoiseSchedule
+    prediction: str
+    index: torch.Tensor  # (K, B) image index of each local step's samples
+    shared_eps: torch.Tensor | None  # (K, B, C, H, W) when the client shared its noise
+    shared_t: torch.Tensor | None  # (K, B)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def diffusion_setup(inputs: AttackInputs, metric: str, who: str) -> DiffusionSetup:
+    """Target (pseudo-)gradient, noise schedule and, if shared, the client's eps and t."""
+    update = inputs.update
+    training = update.training
+    if training is None or training.task != "diffusion":
+        raise ConfigError(
+            f"{who} needs a diffusion client's update (training.task='diffusion', level C); "
+            f"got task {getattr(training, 'task', None)!r}."
+        )
+    prediction, schedule = parse_diffusion_loss(training.loss)
+    target = {k: v.detach().float() for k, v in pseudo_gradient(update).items()}
+    norm = sum(float(v.pow(2).sum()) for v in target.values())
+    if norm == 0.0:
+        raise ConfigError(f"{who}: the update is all zeros; there is nothing to invert.")
+    scale = 1.0 / norm if metric == "l2" else 1.0
+    n = inputs.num_images
+    eps = update.shared.get("epsilon")
+    t = update.shared.get("t")
+    shared_eps = shared_t = None
+    if eps is not None and t is not None:
+        shared_eps, shared_t = eps.float(), t.long()
+        if shared_eps.dim() == 4:
+            shared_eps, shared_t = shared_eps[None], shared_t.reshape(1, -1)
+        k, b = shared_t.shape
+        if shared_eps.shape[:2] != (k, b) or tuple(shared_eps.shape[2:]) != inputs.image_shape:
+            raise ConfigError(
+                f"{who}: shared epsilon {tuple(eps.shape)} and t {tuple(t.shape)} do not fit "
+                f"{n} images of shape {inputs.image_shape}."
+            )
+        index = (torch.arange(k)[:, None] * b + torch.arange(b)[None]) % n
+    else:
+        index = torch.arange(n)[None]
+    return DiffusionSetup(
+        target=target,
+        weights=dict.fromkeys(target, scale),
+        schedule=schedule,
+        prediction=prediction,
+        index=index,
+        shared_eps=shared_eps,
+        shared_t=shared_t,
+        extras={
+            "prediction": prediction,
+            "noise_schedule": schedule.spec,
+            "update_kind": update.kind,
+            "local_steps": int(index.shape[0]),
+        },
+    )
+
+
+class DiffusionSimulator:
+    """Candidate (images, eps, t) with a leading restart dim R -> simulated gradient (R, ...).
+
+    ``images`` (R, N, C, H, W) in [0, 1]; ``eps`` (R, K, B, C, H, W) and ``t`` (R, K, B) (int
+    or float) for the K local steps whose samples are ``index`` (K, B). The loss is the mean of
+    the K steps' DDPM losses; its gradient w.r.t. the matched parameters is returned.
+    """
+
+    def __init__(self, model: nn.Module, setup: DiffusionSetup) -> None:
+        net = copy.deepcopy(model)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        net.eval()
+        self.net = net
+        all_params = dict(net.named_parameters())
+        self.params: Tensors = {k: all_params[k].detach() for k in setup.target}
+        self.fixed: Tensors = {k: v for k, v in all_params.items() if k not in self.params}
+        self.buffers: Tensors = dict(net.named_buffers())
+        schedule, prediction, index = setup.schedule, setup.prediction, setup.index
+
+        def loss(params: Tensors, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor):
+            state = ({**params, **self.fixed}, self.buffers)
+
+            def fwd(xt: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+                return functional_call(self.net, state, (xt, tt))
+
+            total = 0.0
+            for k in range(index.shape[0]):
+                total = total + diffusion_loss(fwd, x[index[k]], t[k], eps[k], schedule, prediction)
+            return total / index.shape[0]
+
+        g = grad(loss)
+        self._batched = vmap(lambda x, e, t: g(self.params, x, e, t))
+
+    def __call__(self, images: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> Tensors:
+        return self._batched(images, eps, t)
+
+
+# ----------------------------------------------------------------------------------- prior
+
+
+def resolve_prior(prior: Any, who: str) -> nn.Module:
+    """The prior as a frozen module (a path is loaded with ``weights_only=True``)."""
+    if prior is None:
+        raise ConfigError(
+            f"{who} needs `prior_model=`: a diffusion UNet trained on public data of the "
+            "domain (fedleak.diffusion.train_prior) or the path of one (save_model)."
+        )
+    if isinstance(prior, str | Path):
+        return load_model(prior)
+    if not isinstance(prior, nn.Module):
+        raise ConfigError(f"`prior_model` of {who} must be an nn.Module or a path; got {prior!r}.")
+    net = copy.deepcopy(prior)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def prior_decoder(
+    prior: nn.Module, setup: DiffusionSetup, steps: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """latent (R, N, C, H, W) -> images (R, N, C, H, W) by K deterministic DDIM steps."""
+    meta = diffusion_meta(prior) or {}
+    schedule = NoiseSchedule.from_spec(meta.get("schedule", setup.schedule))
+    prediction = meta.get("prediction", setup.prediction)
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        flat = z.reshape(-1, *z.shape[2:])
+        x = ddim_sample(prior, flat, schedule, steps=steps, prediction=prediction)
+        return x.reshape(z.shape)
+
+    return decode
+
+
+# ---------------------------------------------------------------------------- the objective
+
+
+def gaussian_nll(v: torch.Tensor) -> torch.Tensor:
+    """Per-restart Gaussian prior term 0.5 * mean(v^2): (R, ...) -> (R,)."""
+    return 0.5 * v.pow(2).flatten(1).mean(1)
+
+
+def relaxed_t(u: torch.Tensor, steps: int) -> torch.Tensor:
+    """Continuous timestep in [0, T-1] from an unconstrained variable (sigmoid)."""
+    return (steps - 1) * torch.sigmoid(u)
+
+
+@dataclass
+class Matcher:
+    """Builds objectives over the variable sets the attacks use.
+
+    Variables: ``images`` (R, N, C, H, W) in [0, 1] or ``latent`` (decoded by the prior);
+    ``eps`` (R, N, C, H, W) when the noise is private; ``u`` (R, N) for a relaxed t. Fixed
+    timesteps come as ``t`` (R, N) (private noise) or from the shared noise.
+    """
+
+    sim: DiffusionSimulator
+    setup: DiffusionSetup
+    metric: str
+    tv: float = 0.0
+    eps_prior: float = 0.0
+    latent_prior: float = 0.0
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def images(self, v: Variables) -> torch.Tensor:
+        if "latent" in v:
+            assert self.decode is not None
+            return self.decode(v["latent"])
+        return v["images"]
+
+    def noise(
+        self, v: Variables, r: int, t: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.setup
+        if "eps" not in v:
+            assert s.shared_eps is not None and s.shared_t is not None
+            return (
+                s.shared_eps.expand(r, *s.shared_eps.shape),
+                s.shared_t.expand(r, *s.shared_t.shape),
+            )
+        eps = v["eps"][:, None]
+        if "u" in v:
+            tt = relaxed_t(v["u"], s.schedule.steps)
+        else:
+            assert t is not None
+            tt = t
+        return eps, tt[:, None]
+
+    def distance(self, v: Variables, t: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.images(v)
+        eps, tt = self.noise(v, x.shape[0], t)
+        sim = self.sim(x, eps, tt)
+        return gradient_distance(sim, self.setup.target, metric=self.metric, weights=self.setup.weights)
+
+    def objective(self, t: torch.Tensor | None = None) -> Callable[[Variables], torch.Tensor]:
+        def f(v: Variables) -> torch.Tensor:
+            x = self.images(v)
+            eps, tt = self.noise(v, x.shape[0], t)
+            loss = gradient_distance(
+                self.sim(x, eps, tt), self.setup.target, metric=self.metric,
+                weights=self.setup.weights,
+            )
+            if self.tv:
+                loss = loss + self.tv * total_variation(x)
+            if self.eps_prior and "eps" in v:
+                loss = loss + self.eps_prior * gaussian_nll(v["eps"])
+            if self.latent_prior and "latent" in v:
+                loss = loss + self.latent_prior * gaussian_nll(v["latent"])
+            return loss
+
+        return f
+
+
+def clamp_images(v: Variables) -> None:
+    """Keep pixel candidates in the [0, 1] box (in place, after every step)."""
+    if "images" in v:
+        v["images"].clamp_(0.0, 1.0)
+
+
+def run(
+    matcher: Matcher,
+    variables: Variables,
+    inputs: AttackInputs,
+    *,
+    iterations: int,
+    lr: float,
+    signed: bool,
+    schedule: str,
+    t: torch.Tensor | None = None,
+) -> OptimizationResult:
+    """One optimization phase over ``variables`` (leading dim R) with the shared Adam loop."""
+    decode = (lambda v: matcher.images(v)) if "latent" in variables else None
+    key = "latent" if "latent" in variables else "images"
+    return optimize(
+        variables, matcher.objective(t), inputs, iterations=iterations, lr=lr, signed=signed,
+        schedule=schedule, project=clamp_images, image_key=key, decode=decode,
+    )
+
+
+# --------------------------------------------------------------------------------- t search
+
+
+@dataclass
+class TSearchResult:
+    t: torch.Tensor  # (N,) recovered timesteps
+    distances: list[list[float]]  # per image: best gradient distance of each candidate
+    candidates: list[int]
+    images: torch.Tensor  # (N, C, H, W) best candidate images of the search
+    eps: torch.Tensor  # (N, C, H, W)
+    iterations: int
+    history: list[float]
+
+
+def search_t(
+    matcher: Matcher,
+    inputs: AttackInputs,
+    *,
+    candidates: Sequence[int],
+    iterations: int,
+    restarts: int,
+    lr: float,
+    signed: bool,
+    gen: torch.Generator,
+    mode: str = "enumerate",
+) -> TSearchResult:
+    """Recover each image's timestep.
+
+    ``enumerate``: one short joint (image, eps) attack per candidate timestep, all candidates
+    (x ``restarts``) batched along R; the candidate with the lowest final gradient distance
+    wins. For N > 1 images a first run gives every image the same candidate, then each image in
+    turn varies its own t with the others fixed at their current estimates (N + 1 runs).
+    ``relaxed``: t is a continuous variable per image (sigmoid-bounded), optimized jointly with
+    the image and eps from ``len(candidates) x restarts`` starting values spread over [0, T-1];
+    the best restart's t is rounded.
+    """
+    n, shape = inputs.num_images, inputs.image_shape
+    cands = torch.tensor(list(candidates), dtype=torch.long)
+    c = len(cands)
+    r = c * restarts
+    steps = matcher.setup.schedule.steps
+
+    def fresh() -> Variables:
+        return {
+            "images": torch.rand((r, n, *shape), generator=gen),
+            "eps": torch.randn((r, n, *shape), generator=gen),
+        }
+
+    total_its = 0
+    history: list[float] = []
+    if mode == "relaxed":
+        start = cands.float().clamp(0.5, steps - 1.5) / (steps - 1)
+        u0 = torch.logit(start).repeat_interleave(restarts)[:, None].expand(r, n).clone()
+        v = {**fresh(), "u": u0}
+        res = run(matcher, v, inputs, iterations=iterations, lr=lr, signed=signed,
+                  schedule="constant")
+        best = int(res.best_loss.argmin())
+        t_cont = relaxed_t(res.best["u"][best], steps)
+        t_hat = t_cont.round().long()
+        per = res.best_loss.reshape(c, restarts).min(1).values.tolist()
+        return TSearchResult(
+            t=t_hat, distances=[per] * n, candidates=cands.tolist(),
+            images=res.best["images"][best].clamp(0, 1), eps=res.best["eps"][best],
+            iterations=res.iterations, history=res.history[:, best].tolist(),
+        )
+    if mode != "enumerate":
+        raise ConfigError(f"`t_search` must be one of {T_SEARCHES}; got {mode!r}.")
+    grid_t = cands.repeat_interleave(restarts)  # (R,)
+    t_est = torch.zeros(n, dtype=torch.long)
+    distances: list[list[float]] = [[] for _ in range(n)]
+    best_images = torch.zeros((n, *shape))
+    best_eps = torch.zeros((n, *shape))
+    plan: list[int | None] = [None] if n > 1 else [0]
+    plan += list(range(n)) if n > 1 else []
+    for who in plan:
+        if who is None:
+            t_grid = grid_t[:, None].expand(r, n).clone()
+        else:
+            t_grid = t_est[None].expand(r, n).clone()
+            t_grid[:, who] = grid_t
+        res = run(matcher, fresh(), inputs, iterations=iterations, lr=lr, signed=signed,
+                  schedule="constant", t=t_grid)
+        total_its += res.iterations
+        per = res.best_loss.reshape(c, restarts)
+        per_c = per.min(1).values
+        k = int(per_c.argmin())
+        j = k * restarts + int(per[k].argmin())
+        history.extend(res.history[:, j].tolist())
+        targets = range(n) if who is None else [who]
+        for i in targets:
+            t_est[i] = cands[k]
+            distances[i] = per_c.tolist()
+        best_images = res.best["images"][j].clamp(0, 1)
+        best_eps = res.best["eps"][j]
+    return TSearchResult(
+        t=t_est, distances=distances, candidates=cands.tolist(), images=best_images,
+        eps=best_eps, iterations=total_its, history=history,
+    )
+
+
+# ----------------------------------------------------------------------------- shared parts
+
+
+def _check(name: str, **values: Any) -> None:
+    caller = f"attack {name!r}"
+    for key, v in values.items():
+        if key.startswith("n:"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"`{key[2:]}` of {caller} must be an int >= 1; got {v!r}.")
+        elif key.startswith("n0:"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"`{key[3:]}` of {caller} must be an int >= 0; got {v!r}.")
+        elif key.startswith("p:"):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise ConfigError(f"`{key[2:]}` of {caller} must be a number > 0; got {v!r}.")
+        elif key.startswith("w:"):
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"`{key[2:]}` of {caller} must be a number >= 0; got {v!r}.")
+    choices = {"metric": METRICS, "schedule": LR_SCHEDULES, "t_search": T_SEARCHES}
+    for key, allowed in choices.items():
+        if key in values and values[key] not in allowed:
+            raise ConfigError(
+                f"`{key}` of {caller} must be one of {', '.join(map(repr, allowed))}; "
+                f"got {values[key]!r}."
+            )
+
+
+def _fixed_t(t: Any, n: int, steps: int, who: str) -> torch.Tensor | None:
+    """The ``t`` option as (N,) timesteps (an int for all images, or one per image)."""
+    if t is None:
+        return None
+    tt = torch.as_tensor(t).long().reshape(-1)
+    if tt.numel() == 1:
+        tt = tt.expand(n).clone()
+    if tt.numel() != n or int(tt.min()) < 0 or int(tt.max()) >= steps:
+        raise ConfigError(
+            f"`t` of {who} must be one int or {n} ints in [0, {steps - 1}]; got {t!r}."
+        )
+    return tt
+
+
+def _candidates(spec: Any, steps: int, who: str) -> list[int]:
+    if spec is None:
+        return list(range(steps))
+    cands = sorted({int(c) for c in spec})
+    if not cands or cands[0] < 0 or cands[-1] >= steps:
+        raise ConfigError(f"`t_candidates` of {who} must be ints in [0, {steps - 1}]; got {spec!r}.")
+    return cands
+
+
+def _pick(res: OptimizationResult) -> int:
+    losses = res.best_loss
+    finite = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, float("inf")))
+    return int(finite.argmin())
+
+
+def _package(
+    attack: Attack,
+    inputs: AttackInputs,
+    images: torch.Tensor,
+    history: list[float],
+    restart_losses: list[float],
+    best: int,
+    iterations: int,
+    start: float,
+    extras: dict[str, Any],
+) -> Reconstruction:
+    return Reconstruction(
+        images=images.clamp(0, 1).detach().clone(),
+        labels=None,
+        attack=attack.name,
+        threat_level=inputs.threat.level,
+        loss_history=history,
+        restart_losses=restart_losses,
+        best_restart=best,
+        iterations=iterations,
+        seconds=time.perf_counter() - start,
+        label_method="none",
+        extras=extras,
+    )
+
+
+def _need_shared(setup: DiffusionSetup, who: str, alternative: str) -> None:
+    if setup.shared_eps is None:
+        raise InsufficientKnowledgeError(
+            f"{who} needs the client's noise epsilon and timesteps t, but the update keeps them "
+            f"private (update.shared is empty); use {alternative}."
+        )
+
+
+def _search_and_t(
+    attack: Any, matcher: Matcher, inputs: AttackInputs, gen: torch.Generator, who: str
+) -> tuple[torch.Tensor, TSearchResult | None]:
+    """(t (N,), search result or None): the ``t`` option if given, else a t search."""
+    steps = matcher.setup.schedule.steps
+    fixed = _fixed_t(attack.t, inputs.num_images, steps, who)
+    if fixed is not None:
+        return fixed, None
+    found = search_t(
+        matcher, inputs, candidates=_candidates(attack.t_candidates, steps, who),
+        iterations=attack.search_iterations, restarts=attack.search_restarts,
+        lr=attack.lr, signed=attack.signed, gen=gen, mode=attack.t_search,
+    )
+    return found.t, found
+
+
+def _search_extras(t: torch.Tensor, found: TSearchResult | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"t": t.tolist(), "t_source": "option" if found is None else "search"}
+    if found is not None:
+        out["t_distances"] = found.distances
+        out["t_candidates"] = found.candidates
+        out["search_iterations"] = found.iterations
+    return out
+
+
+# ---------------------------------------------------------------------------------- attacks
+
+
+@register_attack("diffusion-ig")
+@dataclass(frozen=True)
+class DiffusionIG(Attack):
+    """Pixel-space gradient matching for diffusion updates (DLG / Inverting-Gradients style).
+
+    Knowledge: architecture and training details (level C: the loss, schedule, number of
+    images). With shared eps and t (``update.shared``) they are used as given; private noise
+    needs ``joint_noise=True``: eps is optimized with the image (``eps_prior`` x Gaussian NLL)
+    and t comes from the ``t`` option or a per-image search (``t_search``), which is GIDM+
+    without the prior (the no-prior baseline).
+
+    Options:
+        iterations, restarts, lr, signed, schedule: the Adam loop (R restarts batched; the
+            lowest attack loss wins).
+        metric: "l2" (relative squared distance) or "cosine".
+        tv: total-variation weight. joint_noise, eps_prior: see above.
+        t, t_candidates, t_search, search_iterations, search_restarts: the t search (private
+            noise only); the search's iterations are extra to ``iterations``, and the main run
+            continues from the search's best candidate.
+    """
+
+    iterations: int = 2000
+    restarts: int = 1
+    lr: float = 0.05
+    signed: bool = False
+    schedule: str = "step"
+    metric: str = "l2"
+    tv: float = 0.0
+    joint_noise: bool = False
+    eps_prior: float = 1e-3
+    t: Any = None
+    t_candidates: Sequence[int] | None = None
+    t_search: str = "enumerate"
+    search_iterations: int = 150
+    search_restarts: int = 1
+
+    requires = frozenset({"architecture", "training_details"})
+    uses_labels = False
+
+    def __post_init__(self) -> None:
+        _check(
+            self.name, metric=self.metric, schedule=self.schedule, t_search=self.t_search,
+            **{"n:iterations": self.iterations, "n:restarts": self.restarts, "p:lr": self.lr,
+               "w:tv": self.tv, "w:eps_prior": self.eps_prior,
+               "n:search_iterations": self.search_iterations,
+               "n:search_restarts": self.search_restarts},
+        )
+
+    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
+        """Match the diffusion-loss gradient in pixel space (eps jointly if private)."""
+        who = f"attack {self.name!r}"
+        start = time.perf_counter()
+        setup = diffusion_setup(inputs, self.metric, who)
+        sim = DiffusionSimulator(inputs.model, setup)
+        gen = inputs.generator()
+        matcher = Matcher(sim, setup, self.metric, tv=self.tv, eps_prior=self.eps_prior)
+        r, n, shape = self.restarts, inputs.num_images, inputs.image_shape
+        extras: dict[str, Any] = {**setup.extras, "joint_noise": self.joint_noise}
+        t_rep = None
+        done = 0
+        history: list[float] = []
+        if not self.joint_noise:
+            _need_shared(setup, who, "joint_noise=True or attack 'gidm-plus'")
+            v0: Variables = {"images": torch.rand((r, n, *shape), generator=gen)}
+            extras["t"] = setup.shared_t.reshape(-1)[:n].tolist()  # type: ignore[union-attr]
+        else:
+            setup.shared_eps = setup.shared_t = None  # eps is a variable: one per image
+            setup.index = torch.arange(n)[None]
+            t, found = _search_and_t(self, matcher, inputs, gen, who)
+            extras.update(_search_extras(t, found))
+            v0 = {
+                "images": torch.rand((r, n, *shape), generator=gen),
+                "eps": torch.randn((r, n, *shape), generator=gen),
+            }
+            if found is not None:  # continue from the search's best candidate
+                v0["images"][0], v0["eps"][0] = found.images, found.eps
+                done, history = found.iterations, list(found.history)
+            t_rep = t[None].expand(r, n)
+        res = run(matcher, v0, inputs, iterations=self.iterations, lr=self.lr,
+                  signed=self.signed, schedule=self.schedule, t=t_rep)
+        best = _pick(res)
+        if "eps" in res.best:
+            extras["eps"] = res.best["eps"][best].detach().clone()
+        return _package(
+            self, inputs, res.best["images"][best], history + res.history[:, best].tolist(),
+            res.best_loss.tolist(), best, done + res.iterations, start, extras,
+        )
+
+
+@dataclass(frozen=True)
+class _GIDMBase(Attack):
+    """Options and the two phases GIDM and GIDM+ share."""
+
+    prior_model: Any = None
+    ddim_steps: int | None = None
+    phase1_iterations: int = 600
+    phase2_iterations: int = 1400
+    restarts: int = 1
+    lr: float = 0.05
+    phase1_lr: float = 0.05
+    signed: bool = False
+    schedule: str = "step"
+    metric: str = "l2"
+    tv: float = 0.0
+    latent_prior: float = 1e-3
+
+    requires = frozenset({"architecture", "training_details", "surrogate_data"})
+    uses_labels = False
+
+    def _check_base(self, **more: Any) -> None:
+        if self.ddim_steps is not None:
+            more["n:ddim_steps"] = self.ddim_steps
+        _check(
+            self.name, metric=self.metric, schedule=self.schedule,
+            **{"n:phase1_iterations": self.phase1_iterations,
+               "n0:phase2_iterations": self.phase2_iterations, "n:restarts": self.restarts,
+               "p:lr": self.lr, "p:phase1_lr": self.phase1_lr, "w:tv": self.tv,
+               "w:latent_prior": self.latent_prior},
+            **more,
+        )
+
+    def _phases(
+        self,
+        inputs: AttackInputs,
+        setup: DiffusionSetup,
+        matcher: Matcher,
+        gen: torch.Generator,
+        who: str,
+        t: torch.Tensor | None,
+        eps0: torch.Tensor | None,
+    ) -> tuple[OptimizationResult, OptimizationResult | None, torch.Tensor, dict[str, Any]]:
+        """Phase 1 on the prior's latent, then phase 2 on pixels (eps jointly if private)."""
+        prior = resolve_prior(self.prior_model, who)
+        meta = diffusion_meta(prior) or {}
+        prior_steps = NoiseSchedule.from_spec(meta.get("schedule", setup.schedule)).steps
+        k = self.ddim_steps or prior_steps
+        if k > prior_steps:
+            raise ConfigError(f"`ddim_steps` of {who} must be <= the prior's T={prior_steps}.")
+        matcher.decode = prior_decoder(prior, setup, k)
+        matcher.latent_prior = self.latent_prior
+        r, n, shape = self.restarts, inputs.num_images, inputs.image_shape
+        v1: Variables = {"latent": torch.randn((r, n, *shape), generator=gen)}
+        private = t is not None
+        if private:
+            eps_init = torch.randn((r, n, *shape), generator=gen)
+            if eps0 is not None:
+                eps_init[:] = eps0
+            v1["eps"] = eps_init
+        t_rep = t[None].expand(r, n) if t is not None else None
+        res1 = run(matcher, v1, inputs, iterations=self.phase1_iterations, lr=self.phase1_lr,
+                   signed=self.signed, schedule=self.schedule, t=t_rep)
+        with torch.no_grad():
+            phase1 = matcher.images(res1.best).detach()  # (R, N, C, H, W)
+        best1 = _pick(res1)
+        extras: dict[str, Any] = {
+            "phase1_images": phase1[best1].clamp(0, 1).clone(),
+            "phase1_loss": float(res1.best_loss[best1]),
+            "phase1_iterations": res1.iterations,
+            "ddim_steps": k,
+        }
+        if self.phase2_iterations == 0:
+            return res1, None, phase1[best1], extras
+        v2: Variables = {"images": phase1.clamp(0, 1)}
+        if private:
+            v2["eps"] = res1.best["eps"]
+        res2 = run(matcher, v2, inputs, iterations=self.phase2_iterations, lr=self.lr,
+                   signed=self.signed, schedule=self.schedule, t=t_rep)
+        best2 = _pick(res2)
+        if private:
+            extras["eps"] = res2.best["eps"][best2].detach().clone()
+        return res1, res2, res2.best["images"][best2], extras
+
+    def _finish(
+        self,
+        inputs: AttackInputs,
+        res1: OptimizationResult,
+        res2: OptimizationResult | None,
+        images: torch.Tensor,
+        start: float,
+        extras: dict[str, Any],
+        pre: tuple[int, list[float]] = (0, []),
+    ) -> Reconstruction:
+        last = res2 or res1
+        best = _pick(last)
+        history = pre[1] + res1.history[:, _pick(res1)].tolist()
+        if res2 is not None:
+            history += res2.history[:, best].tolist()
+        its = pre[0] + res1.iterations + (res2.iterations if res2 else 0)
+        return _package(
+            self, inputs, images, history, last.best_loss.tolist(), best, its, start, extras
+        )
+
+
+@register_attack("gidm")
+@dataclass(frozen=True)
+class GIDM(_GIDMBase):
+    """GIDM (Huang et al. 2024): invert through a trained diffusion prior, then fine-tune pixels.
+
+    Knowledge: architecture, training details (level C) and surrogate data (level D): the
+    prior model, trained on public data of the domain, is passed as ``prior_model`` (a UNet or
+    the path of one saved with ``fedleak.diffusion.save_model``). Needs the shared eps and t.
+
+    Options:
+        prior_model: the prior. ddim_steps: K deterministic DDIM steps (default: the prior's T).
+        phase1_iterations, phase1_lr: Adam on the initial noise x_T (``latent_prior`` x
+            Gaussian NLL keeps it typical); phase2_iterations, lr: Adam on the pixels, started
+            from the phase-1 image (0 disables phase 2).
+        restarts, signed, schedule, metric, tv: as in "diffusion-ig".
+    Extras: ``phase1_images`` (N, C, H, W), ``t`` (the shared timesteps).
+    """
+
+    def __post_init__(self) -> None:
+        self._check_base()
+
+    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
+        """Phase 1 through the prior, phase 2 on pixels, shared eps and t."""
+        who = f"attack {self.name!r}"
+        start = time.perf_counter()
+        setup = diffusion_setup(inputs, self.metric, who)
+        _need_shared(setup, who, "attack 'gidm-plus'")
+        matcher = Matcher(DiffusionSimulator(inputs.model, setup), setup, self.metric, tv=self.tv)
+        gen = inputs.generator()
+        res1, res2, images, extras = self._phases(inputs, setup, matcher, gen, who, None, None)
+        extras = {
+            **setup.extras, **extras,
+            "t": setup.shared_t.reshape(-1)[: inputs.num_images].tolist(),  # type: ignore[union-attr]
+        }
+        return self._finish(inputs, res1, res2, images, start, extras)
+
+
+@register_attack("gidm-plus")
+@dataclass(frozen=True)
+class GIDMPlus(_GIDMBase):
+    """GIDM+: the client's eps and t are private; recover t, then GIDM with eps optimized too.
+
+    Knowledge as "gidm" (levels C and D, ``prior_model``); needs nothing from
+    ``update.shared`` (and ignores it). t is recovered per image (``t_search``):
+    "enumerate" runs a short joint (image, eps) attack per candidate timestep and keeps the
+    lowest gradient distance; "relaxed" optimizes a continuous t per image. ``t=`` skips the
+    search. eps starts from the search's estimate and is optimized in both phases with an
+    ``eps_prior`` x Gaussian NLL term.
+
+    Extras: ``t`` (recovered, one per image), ``t_distances`` (per image, per candidate),
+    ``phase1_images``, ``eps``.
+    """
+
+    eps_prior: float = 1e-3
+    t: Any = None
+    t_candidates: Sequence[int] | None = None
+    t_search: str = "enumerate"
+    search_iterations: int = 150
+    search_restarts: int = 1
+
+    def __post_init__(self) -> None:
+        self._check_base(
+            t_search=self.t_search,
+            **{"w:eps_prior": self.eps_prior, "n:search_iterations": self.search_iterations,
+               "n:search_restarts": self.search_restarts},
+        )
+
+    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
+        """Search t, then the two GIDM phases with eps as a variable."""
+        who = f"attack {self.name!r}"
+        start = time.perf_counter()
+        setup = diffusion_setup(inputs, self.metric, who)
+        # private noise: whatever the client shared is ignored
+        setup.shared_eps = setup.shared_t = None
+        setup.index = torch.arange(inputs.num_images)[None]
+        matcher = Matcher(
+            DiffusionSimulator(inputs.model, setup), setup, self.metric, tv=self.tv,
+            eps_prior=self.eps_prior,
+        )
+        gen = inputs.generator()
+        t, found = _search_and_t(self, matcher, inputs, gen, who)
+        eps0 = found.eps if found is not None else None
+        res1, res2, images, extras = self._phases(inputs, setup, matcher, gen, who, t, eps0)
+        extras = {**setup.extras, **extras, **_search_extras(t, found)}
+        pre = (found.iterations, list(found.history)) if found is not None else (0, [])
+        return self._finish(inputs, res1, res2, images, start, extras, pre)

@@ -1,0 +1,236 @@
+"""The ``fedleak`` command line: thin shells over the jobs and the front door."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedleak.errors import ConfigError, FedleakError
+
+app = typer.Typer(
+    help="Measure how much of federated clients' data can be rebuilt from their updates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+STATE = {"quiet": False}
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user mistakes into one red line and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FedleakError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: results written so far are kept in the run folder.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[int, float], None]]:
+    """A rich progress bar with the current attack loss; silent with --quiet."""
+    if STATE["quiet"]:
+        yield lambda done, loss: None
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+        console=err_console, transient=False,
+    ) as prog:
+        task = prog.add_task(description, total=total, loss="-")
+
+        def update(done: int, loss: float) -> None:
+            prog.update(task, completed=min(done, total), loss=f"{loss:.3e}")
+
+        yield update
+        prog.update(task, completed=total)
+
+
+def log(msg: str) -> None:
+    if not STATE["quiet"]:
+        err_console.print(msg, highlight=False)
+
+
+def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they can be (numbers, lists, booleans)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"`{what}` must look like key=value; got {item!r}.")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def print_scores(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for col in ("client", "images", "attack", "PSNR (dB)", "flat PSNR", "SSIM", "label acc."):
+        table.add_column(col, justify="right")
+    for r in rows:
+        s = r["scores"]
+        la = s.get("label_accuracy")
+        table.add_row(
+            str(r.get("client", "-")), str(len(s["psnr_per_image"])), r["attack"],
+            f"{s['psnr']:.2f}", f"{s['flat_psnr']:.2f}", f"{s['ssim']:.3f}",
+            "-" if la is None else f"{la:.0%}",
+        )
+    out_console.print(table)
+
+
+@app.callback()
+def main_options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs.")] = False,
+) -> None:
+    STATE["quiet"] = quiet
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
+) -> None:
+    """A small federation on lfw-faces; the server attacks one client's FedSGD update."""
+    from fedleak.cli.jobs import demo as run_demo
+
+    result = run_demo(out, seed=seed, progress_factory=progress_bar, log=log)
+    print_scores(
+        [{"client": 0, "attack": "dlg", "scores": result["scores"]}],
+        "What the server rebuilt from client 0's update",
+    )
+    out_console.print(
+        f"Run folder: {out}  (reconstruction.png, metrics.json, config.json); "
+        f"{result['seconds_total']:.0f} s in all."
+    )
+
+
+@app.command()
+@friendly
+def attack(
+    data: Annotated[str, typer.Option(help="Built-in name or FORMAT:PATH.")] = "lfw-faces",
+    size: Annotated[int, typer.Option(help="Resize images to SIZE x SIZE (0: native).")] = 32,
+    channels: Annotated[int, typer.Option(help="1 or 3 (0: native).")] = 0,
+    model: Annotated[str, typer.Option(help="Model name (fedleak attacks --models).")] = "lenet",
+    model_option: Annotated[
+        list[str] | None, typer.Option(help="Model option key=value (repeatable).")
+    ] = None,
+    protocol: Annotated[str, typer.Option(help="fedsgd or fedavg.")] = "fedsgd",
+    num_images: Annotated[int, typer.Option(help="Images the client holds.")] = 1,
+    batch_size: Annotated[int | None, typer.Option(help="FedAvg batch size.")] = None,
+    local_steps: Annotated[int | None, typer.Option(help="FedAvg local steps.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="FedAvg local epochs.")] = None,
+    lr: Annotated[float, typer.Option(help="Client learning rate.")] = 0.01,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
+    bn_mode: Annotated[str, typer.Option(help="BatchNorm mode of the client: train/eval.")] = (
+        "train"
+    ),
+    attack_name: Annotated[str, typer.Option("--attack", help="Attack name.")] = "dlg",
+    iterations: Annotated[int | None, typer.Option(help="Attack iterations.")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Attack restarts.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Attack option key=value (repeatable).")
+    ] = None,
+    threat: Annotated[str, typer.Option(help="Threat level A-E.")] = "C",
+    grant_labels: Annotated[bool, typer.Option(help="Give the attacker the true labels.")] = False,
+    prior: Annotated[
+        bool, typer.Option(help="Give the attacker the mean test image as prior (level D+).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Log progress every N iterations.")] = 100,
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/attack"),
+) -> None:
+    """Simulate one client update and attack it; writes metrics, grid and config to OUT."""
+    from fedleak.cli.jobs import AttackJob, run_attack_job
+
+    attack_options = parse_options(option, "--option")
+    if iterations is not None:
+        attack_options["iterations"] = iterations
+    if restarts is not None:
+        attack_options["restarts"] = restarts
+    job = AttackJob(
+        data=data, size=size or None, channels=channels or None, model=model,
+        model_options=parse_options(model_option, "--model-option"), protocol=protocol,
+        num_images=num_images, batch_size=batch_size, local_steps=local_steps,
+        local_epochs=local_epochs, lr=lr, optimizer=optimizer, momentum=momentum,
+        bn_mode=bn_mode, attack=attack_name, attack_options=attack_options, threat=threat,
+        grant_labels=grant_labels, prior=prior, seed=seed, checkpoint_every=checkpoint_every,
+    )
+    total = int(attack_options.get("iterations", 1000))
+    with progress_bar(f"{attack_name}", total) as prog:
+        result = run_attack_job(job, out, progress=prog)
+    print_scores([{"attack": attack_name, "scores": result["scores"]}], f"{attack_name} on {data}")
+    out_console.print(f"Run folder: {out}")
+
+
+@app.command()
+@friendly
+def datasets() -> None:
+    """List the built-in data sets and the file formats fedleak reads."""
+    from fedleak.data import available_datasets
+
+    table = Table(title="Built-in data sets (no download)")
+    for col in ("name", "images", "size", "channels", "classes", "description"):
+        table.add_column(col)
+    for d in available_datasets():
+        table.add_row(
+            d.name, str(d.num_images), f"{d.native_size[0]}x{d.native_size[1]}",
+            str(d.channels), ", ".join(d.classes), d.description,
+        )
+    out_console.print(table)
+    out_console.print(
+        "Your files: cifar10:DIR (cifar-10-batches-py), medmnist:FILE.npz, folder:DIR "
+        "(one subfolder per class), dicom:DIR[?labels=CSV]"
+    )
+
+
+@app.command(name="attacks")
+@friendly
+def list_attacks() -> None:
+    """List the attacks, the knowledge each needs and their options; and the models."""
+    from fedleak.attacks import ATTACKS
+    from fedleak.models import available_models
+
+    table = Table(title="Attacks")
+    for col in ("name", "needs", "options"):
+        table.add_column(col)
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        table.add_row(name, ", ".join(sorted(cls.requires)), ", ".join(cls.options()))
+    out_console.print(table)
+    out_console.print("Models: " + ", ".join(available_models()))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - outside a command
+        sys.exit(130)

@@ -48,7 +48,7 @@ from fedleak.errors import ConfigError, InsufficientKnowledgeError
 
 METRICS = ("l2", "cosine")
 LR_SCHEDULES = ("step", "cosine", "constant")
-T_SEARCHES = ("enumerate", "relaxed")
+T_SEARCHES = ("embedding", "enumerate", "relaxed")
 
 Variables = dict[str, torch.Tensor]
 
@@ -223,6 +223,7 @@ class Matcher:
     eps_prior: float = 0.0
     latent_prior: float = 0.0
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ddim_steps: int = 0
 
     def images(self, v: Variables) -> torch.Tensor:
         if "latent" in v:
@@ -307,8 +308,8 @@ class TSearchResult:
     t: torch.Tensor  # (N,) recovered timesteps
     distances: list[list[float]]  # per image: best gradient distance of each candidate
     candidates: list[int]
-    images: torch.Tensor  # (N, C, H, W) best candidate images of the search
-    eps: torch.Tensor  # (N, C, H, W)
+    images: torch.Tensor | None  # (N, C, H, W) best candidate images of a search by attacks
+    eps: torch.Tensor | None  # (N, C, H, W)
     iterations: int
     history: list[float]
 
@@ -324,6 +325,7 @@ def search_t(
     signed: bool,
     gen: torch.Generator,
     mode: str = "enumerate",
+    latent: bool = False,
 ) -> TSearchResult:
     """Recover each image's timestep.
 
@@ -342,10 +344,17 @@ def search_t(
     steps = matcher.setup.schedule.steps
 
     def fresh() -> Variables:
+        if latent:
+            z = torch.randn((r, n, *shape), generator=gen)
+            return {"latent": z, "eps": torch.randn((r, n, *shape), generator=gen)}
         return {
             "images": torch.rand((r, n, *shape), generator=gen),
             "eps": torch.randn((r, n, *shape), generator=gen),
         }
+
+    def images_of(v: Variables, j: int) -> torch.Tensor:
+        with torch.no_grad():
+            return matcher.images({k: val[j : j + 1] for k, val in v.items()})[0].clamp(0, 1)
 
     total_its = 0
     history: list[float] = []
@@ -361,7 +370,7 @@ def search_t(
         per = res.best_loss.reshape(c, restarts).min(1).values.tolist()
         return TSearchResult(
             t=t_hat, distances=[per] * n, candidates=cands.tolist(),
-            images=res.best["images"][best].clamp(0, 1), eps=res.best["eps"][best],
+            images=images_of(res.best, best), eps=res.best["eps"][best],
             iterations=res.iterations, history=res.history[:, best].tolist(),
         )
     if mode != "enumerate":
@@ -391,12 +400,41 @@ def search_t(
         for i in targets:
             t_est[i] = cands[k]
             distances[i] = per_c.tolist()
-        best_images = res.best["images"][j].clamp(0, 1)
+        best_images = images_of(res.best, j)
         best_eps = res.best["eps"][j]
     return TSearchResult(
         t=t_est, distances=distances, candidates=cands.tolist(), images=best_images,
         eps=best_eps, iterations=total_its, history=history,
     )
+
+
+def embedding_residuals(
+    model: nn.Module, target: Tensors, candidates: Sequence[int], max_rank: int
+) -> tuple[torch.Tensor, int]:
+    """How far each candidate timestep's embedding lies from the update's time-input row space.
+
+    The gradient of the first time-MLP layer W (out x d) is sum_i u_i e(t_i)^T: its rows span
+    exactly the embeddings e(t_i) of the timesteps used. For each candidate we return the
+    distance of the unit vector e(t) from that span (0 for a timestep in use, ~0.5-1 otherwise)
+    and the span's rank (the number of distinct timesteps, at most ``max_rank``).
+    """
+    name = getattr(model, "time_input", None)
+    features = getattr(model, "time_features", None)
+    if name is None or features is None or name not in target:
+        raise ConfigError(
+            "t_search='embedding' needs a model with `time_input` and `time_features` (fedleak's "
+            "UNet) whose time-input weight is in the update; use t_search='enumerate'."
+        )
+    g = target[name].double()
+    _, sv, vh = torch.linalg.svd(g, full_matrices=False)
+    rank = int((sv > 1e-6 * sv[0]).sum()) if sv[0] > 0 else 0
+    rank = max(1, min(rank, max_rank, vh.shape[0] - 1))
+    basis = vh[:rank]
+    with torch.no_grad():
+        e = features(torch.tensor(list(candidates), dtype=torch.float32)).double()
+    e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    resid = (e - (e @ basis.T) @ basis).norm(dim=1)
+    return resid.float(), rank
 
 
 # ----------------------------------------------------------------------------- shared parts
@@ -490,18 +528,45 @@ def _need_shared(setup: DiffusionSetup, who: str, alternative: str) -> None:
 
 
 def _search_and_t(
-    attack: Any, matcher: Matcher, inputs: AttackInputs, gen: torch.Generator, who: str
+    attack: Any,
+    matcher: Matcher,
+    inputs: AttackInputs,
+    gen: torch.Generator,
+    who: str,
+    latent: bool = False,
 ) -> tuple[torch.Tensor, TSearchResult | None]:
     """(t (N,), search result or None): the ``t`` option if given, else a t search."""
     steps = matcher.setup.schedule.steps
-    fixed = _fixed_t(attack.t, inputs.num_images, steps, who)
+    n = inputs.num_images
+    fixed = _fixed_t(attack.t, n, steps, who)
     if fixed is not None:
         return fixed, None
+    cands = _candidates(attack.t_candidates, steps, who)
+    mode = attack.t_search
+    resid = None
+    if mode == "embedding":
+        resid, rank = embedding_residuals(
+            inputs.model, matcher.setup.target, cands, n * matcher.setup.index.shape[0]
+        )
+        order = resid.argsort().tolist()
+        short = sorted(cands[i] for i in order[:rank])
+        if len(short) == 1 or n == 1:
+            t = torch.full((n,), short[0] if len(short) == 1 else cands[order[0]])
+            found = TSearchResult(
+                t=t, distances=[resid.tolist()] * n, candidates=cands, images=None, eps=None,
+                iterations=0, history=[],
+            )
+            return t, found
+        cands, mode = short, "enumerate"  # which image has which of the timesteps in use
     found = search_t(
-        matcher, inputs, candidates=_candidates(attack.t_candidates, steps, who),
+        matcher, inputs, candidates=cands,
         iterations=attack.search_iterations, restarts=attack.search_restarts,
-        lr=attack.lr, signed=attack.signed, gen=gen, mode=attack.t_search,
+        lr=attack.phase1_lr if latent else attack.lr, signed=attack.signed, gen=gen,
+        mode=mode, latent=latent,
     )
+    if resid is not None:
+        found.distances = [resid.tolist()] * n
+        found.candidates = _candidates(attack.t_candidates, steps, who)
     return found.t, found
 
 
@@ -549,7 +614,7 @@ class DiffusionIG(Attack):
     eps_prior: float = 1e-3
     t: Any = None
     t_candidates: Sequence[int] | None = None
-    t_search: str = "enumerate"
+    t_search: str = "embedding"
     search_iterations: int = 150
     search_restarts: int = 1
 
@@ -591,7 +656,7 @@ class DiffusionIG(Attack):
                 "images": torch.rand((r, n, *shape), generator=gen),
                 "eps": torch.randn((r, n, *shape), generator=gen),
             }
-            if found is not None:  # continue from the search's best candidate
+            if found is not None and found.images is not None:  # continue from the search
                 v0["images"][0], v0["eps"][0] = found.images, found.eps
                 done, history = found.iterations, list(found.history)
             t_rep = t[None].expand(r, n)
@@ -638,6 +703,21 @@ class _GIDMBase(Attack):
             **more,
         )
 
+    def _use_prior(self, setup: DiffusionSetup, matcher: Matcher, who: str) -> int:
+        """Load the prior and plug its DDIM generator into ``matcher``; returns K."""
+        if matcher.decode is not None:
+            return matcher.ddim_steps
+        prior = resolve_prior(self.prior_model, who)
+        meta = diffusion_meta(prior) or {}
+        prior_steps = NoiseSchedule.from_spec(meta.get("schedule", setup.schedule)).steps
+        k = self.ddim_steps or prior_steps
+        if k > prior_steps:
+            raise ConfigError(f"`ddim_steps` of {who} must be <= the prior's T={prior_steps}.")
+        matcher.decode = prior_decoder(prior, setup, k)
+        matcher.latent_prior = self.latent_prior
+        matcher.ddim_steps = k
+        return k
+
     def _phases(
         self,
         inputs: AttackInputs,
@@ -649,14 +729,7 @@ class _GIDMBase(Attack):
         eps0: torch.Tensor | None,
     ) -> tuple[OptimizationResult, OptimizationResult | None, torch.Tensor, dict[str, Any]]:
         """Phase 1 on the prior's latent, then phase 2 on pixels (eps jointly if private)."""
-        prior = resolve_prior(self.prior_model, who)
-        meta = diffusion_meta(prior) or {}
-        prior_steps = NoiseSchedule.from_spec(meta.get("schedule", setup.schedule)).steps
-        k = self.ddim_steps or prior_steps
-        if k > prior_steps:
-            raise ConfigError(f"`ddim_steps` of {who} must be <= the prior's T={prior_steps}.")
-        matcher.decode = prior_decoder(prior, setup, k)
-        matcher.latent_prior = self.latent_prior
+        k = self._use_prior(setup, matcher, who)
         r, n, shape = self.restarts, inputs.num_images, inputs.image_shape
         v1: Variables = {"latent": torch.randn((r, n, *shape), generator=gen)}
         private = t is not None
@@ -766,9 +839,10 @@ class GIDMPlus(_GIDMBase):
     eps_prior: float = 1e-3
     t: Any = None
     t_candidates: Sequence[int] | None = None
-    t_search: str = "enumerate"
+    t_search: str = "embedding"
     search_iterations: int = 150
     search_restarts: int = 1
+    search_prior: bool = True
 
     def __post_init__(self) -> None:
         self._check_base(
@@ -790,7 +864,9 @@ class GIDMPlus(_GIDMBase):
             eps_prior=self.eps_prior,
         )
         gen = inputs.generator()
-        t, found = _search_and_t(self, matcher, inputs, gen, who)
+        if self.search_prior:
+            self._use_prior(setup, matcher, who)
+        t, found = _search_and_t(self, matcher, inputs, gen, who, latent=self.search_prior)
         eps0 = found.eps if found is not None else None
         res1, res2, images, extras = self._phases(inputs, setup, matcher, gen, who, t, eps0)
         extras = {**setup.extras, **extras, **_search_extras(t, found)}

@@ -55,9 +55,13 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int, float]
         yield lambda done, loss: None
         return
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-        console=err_console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
     ) as prog:
         task = prog.add_task(description, total=total, loss="-")
 
@@ -97,8 +101,12 @@ def print_scores(rows: list[dict[str, Any]], title: str) -> None:
         s = r["scores"]
         la = s.get("label_accuracy")
         table.add_row(
-            str(r.get("client", "-")), str(len(s["psnr_per_image"])), r["attack"],
-            f"{s['psnr']:.2f}", f"{s['flat_psnr']:.2f}", f"{s['ssim']:.3f}",
+            str(r.get("client", "-")),
+            str(len(s["psnr_per_image"])),
+            r["attack"],
+            f"{s['psnr']:.2f}",
+            f"{s['flat_psnr']:.2f}",
+            f"{s['ssim']:.3f}",
             "-" if la is None else f"{la:.0%}",
         )
     out_console.print(table)
@@ -176,18 +184,94 @@ def attack(
     if restarts is not None:
         attack_options["restarts"] = restarts
     job = AttackJob(
-        data=data, size=size or None, channels=channels or None, model=model,
-        model_options=parse_options(model_option, "--model-option"), protocol=protocol,
-        num_images=num_images, batch_size=batch_size, local_steps=local_steps,
-        local_epochs=local_epochs, lr=lr, optimizer=optimizer, momentum=momentum,
-        bn_mode=bn_mode, attack=attack_name, attack_options=attack_options, threat=threat,
-        grant_labels=grant_labels, prior=prior, seed=seed, checkpoint_every=checkpoint_every,
+        data=data,
+        size=size or None,
+        channels=channels or None,
+        model=model,
+        model_options=parse_options(model_option, "--model-option"),
+        protocol=protocol,
+        num_images=num_images,
+        batch_size=batch_size,
+        local_steps=local_steps,
+        local_epochs=local_epochs,
+        lr=lr,
+        optimizer=optimizer,
+        momentum=momentum,
+        bn_mode=bn_mode,
+        attack=attack_name,
+        attack_options=attack_options,
+        threat=threat,
+        grant_labels=grant_labels,
+        prior=prior,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
     )
     total = int(attack_options.get("iterations", 1000))
     with progress_bar(f"{attack_name}", total) as prog:
         result = run_attack_job(job, out, progress=prog)
     print_scores([{"attack": attack_name, "scores": result["scores"]}], f"{attack_name} on {data}")
     out_console.print(f"Run folder: {out}")
+
+
+@app.command()
+@friendly
+def audit(
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML or TOML audit config (defaults if omitted).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config field: section.key=value (repeatable)."),
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="federation.rounds")] = None,
+    attack_name: Annotated[str | None, typer.Option("--attack", help="audit.attack")] = None,
+    iterations: Annotated[int | None, typer.Option(help="audit.options.iterations")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/audit"),
+    resume: Annotated[bool, typer.Option(help="Continue a stopped audit in OUT.")] = False,
+    report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+) -> None:
+    """Run a federation from a config and audit its leakage per round and per client."""
+    from fedleak.audit import load_config, run_audit
+
+    overrides = list(set_ or [])
+    for key, value in (
+        ("federation.rounds", rounds),
+        ("audit.attack", attack_name),
+        ("audit.options.iterations", iterations),
+        ("seed", seed),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    cfg = load_config(config, overrides)
+    summary = run_audit(cfg, out, resume=resume, log=log, progress_factory=progress_bar)
+    if report:
+        _write_report(out)
+    out_console.print(
+        f"{summary['audited_updates']} audited updates, {summary['withheld']} withheld, final "
+        f"accuracy {summary['final_accuracy']:.3f}; run folder {out}"
+    )
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    try:
+        from fedleak.report.html import write_report
+    except ImportError:  # pragma: no cover - report module absent
+        return None
+    path = write_report(run_dir)
+    log(f"report: {path}")
+    return path
+
+
+@app.command(name="report")
+@friendly
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by audit or sweep.")],
+) -> None:
+    """Write RUN_DIR/report.html: config, accuracy, leakage table and plots, grids."""
+    from fedleak.report.html import write_report
+
+    out_console.print(f"Report: {write_report(run_dir)}")
 
 
 @app.command()
@@ -201,8 +285,12 @@ def datasets() -> None:
         table.add_column(col)
     for d in available_datasets():
         table.add_row(
-            d.name, str(d.num_images), f"{d.native_size[0]}x{d.native_size[1]}",
-            str(d.channels), ", ".join(d.classes), d.description,
+            d.name,
+            str(d.num_images),
+            f"{d.native_size[0]}x{d.native_size[1]}",
+            str(d.channels),
+            ", ".join(d.classes),
+            d.description,
         )
     out_console.print(table)
     out_console.print(

@@ -54,12 +54,16 @@ class AttackJob:
 
     def training(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
-            "protocol": self.protocol, "lr": self.lr, "bn_mode": self.bn_mode,
+            "protocol": self.protocol,
+            "lr": self.lr,
+            "bn_mode": self.bn_mode,
         }
         if self.protocol == "fedavg":
             opts |= {
-                "batch_size": self.batch_size, "local_steps": self.local_steps,
-                "local_epochs": self.local_epochs, "optimizer": self.optimizer,
+                "batch_size": self.batch_size,
+                "local_steps": self.local_steps,
+                "local_epochs": self.local_epochs,
+                "optimizer": self.optimizer,
                 "momentum": self.momentum,
             }
         elif any(v is not None for v in (self.batch_size, self.local_steps, self.local_epochs)):
@@ -78,17 +82,19 @@ def pick_images(ds: ImageDataset, n: int, seed: int) -> tuple[torch.Tensor, torc
     return ds.images[idx], ds.labels[idx]
 
 
-def truth_logger(
-    path: Path, images: torch.Tensor
-) -> Callable[[Checkpoint], None]:
+def truth_logger(path: Path, images: torch.Tensor) -> Callable[[Checkpoint], None]:
     """A checkpoint callback that logs PSNR/SSIM against the truth, for the record only."""
 
     def log(cp: Checkpoint) -> None:
         s = score_images(cp.images, images)  # best-matched; never fed back to the attack
         append_jsonl(
             path,
-            {"iteration": cp.iteration, "attack_loss": cp.loss, "psnr": s["psnr"],
-             "ssim": s["ssim"]},
+            {
+                "iteration": cp.iteration,
+                "attack_loss": cp.loss,
+                "psnr": s["psnr"],
+                "ssim": s["ssim"],
+            },
         )
 
     return log
@@ -113,14 +119,22 @@ def run_attack_job(
         public = load_dataset(job.data, size=job.size, channels=job.channels, split="test")
         prior = public.images.mean(0)
     threat = ThreatModel(
-        level=job.threat, labels=labels if job.grant_labels else None, prior=prior,
+        level=job.threat,
+        labels=labels if job.grant_labels else None,
+        prior=prior,
     )
     ckpt = out / "checkpoints.jsonl"
     ckpt.unlink(missing_ok=True)
     rec = fedleak.attack(
-        job.attack, model, update, threat=threat, seed=job.seed,
-        checkpoint_every=job.checkpoint_every, progress=progress,
-        callback=truth_logger(ckpt, images), **job.attack_options,
+        job.attack,
+        model,
+        update,
+        threat=threat,
+        seed=job.seed,
+        checkpoint_every=job.checkpoint_every,
+        progress=progress,
+        callback=truth_logger(ckpt, images),
+        **job.attack_options,
     )
     return finish_run(out, rec, images, labels, prior=prior, title=f"{job.attack} on {job.data}")
 
@@ -141,8 +155,11 @@ def finish_run(
     matched = rec.images[[r for r, _ in sorted(pairs, key=lambda p: p[1])]]
     captions = [f"PSNR {p:.1f}" for p in scores["psnr_per_image"]]
     save_grid(
-        out / f"{name}.png", [images, matched], row_titles=["original", "reconstruction"],
-        captions=[None, captions], title=title,
+        out / f"{name}.png",
+        [images, matched],
+        row_titles=["original", "reconstruction"],
+        captions=[None, captions],
+        title=title,
     )
     torch.save({"images": rec.images, "labels": rec.labels}, out / f"{name}.pt")
     result = {"scores": scores, "reconstruction": rec.summary(), "loss_history": rec.loss_history}
@@ -161,10 +178,19 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     config = {
-        "data": "lfw-faces", "size": 32, "model": "lenet", "protocol": "fedsgd", "lr": 0.01,
-        "client_sizes": [1, 3, 8, 24], "rounds": 10, "attacked_round": 1, "attacked_client": 0,
+        "data": "lfw-faces",
+        "size": 32,
+        "model": "lenet",
+        "protocol": "fedsgd",
+        "lr": 0.01,
+        "client_sizes": [1, 3, 8, 24],
+        "rounds": 10,
+        "attacked_round": 1,
+        "attacked_client": 0,
         "attack": "dlg",
-        "attack_options": {"iterations": 1000, "restarts": 3, "tolerance": 1e-5}, "threat": "C", "seed": seed,
+        "attack_options": {"iterations": 1000, "restarts": 3, "tolerance": 1e-5},
+        "threat": "C",
+        "seed": seed,
     }
     write_config(out, config, "demo")
     train = load_dataset("lfw-faces", size=32, split="train")
@@ -183,8 +209,13 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
             captured.update(update=update, model=global_model)
 
     for res in federate(
-        model, clients, rounds=config["rounds"], test=(test.images, test.labels), seed=seed,
-        train={"protocol": "fedsgd", "lr": config["lr"]}, on_update=on_update,
+        model,
+        clients,
+        rounds=config["rounds"],
+        test=(test.images, test.labels),
+        seed=seed,
+        train={"protocol": "fedsgd", "lr": config["lr"]},
+        on_update=on_update,
     ):
         append_jsonl(out / "rounds.jsonl", {"round": res.round, "accuracy": res.accuracy})
         log(f"round {res.round}: test accuracy {res.accuracy:.3f}")
@@ -194,12 +225,20 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
     ckpt.unlink(missing_ok=True)
     with progress_factory("DLG on client 0", config["attack_options"]["iterations"]) as prog:
         rec = fedleak.attack(
-            "dlg", captured["model"], captured["update"], threat=ThreatModel("C"), seed=seed,
-            progress=prog, callback=truth_logger(ckpt, victim.images),
+            "dlg",
+            captured["model"],
+            captured["update"],
+            threat=ThreatModel("C"),
+            seed=seed,
+            progress=prog,
+            callback=truth_logger(ckpt, victim.images),
             **config["attack_options"],
         )
     result = finish_run(
-        out, rec, victim.images, victim.labels,
+        out,
+        rec,
+        victim.images,
+        victim.labels,
         title="DLG on a FedSGD update of an lfw-faces client (1 image)",
     )
     result["seconds_total"] = round(time.perf_counter() - t0, 1)

@@ -165,10 +165,17 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(g, cur)
         self.conv_out = nn.Conv2d(cur, config.in_channels, 3, padding=1)
 
+    #: the parameter that multiplies :meth:`time_features` (what t-recovery by embedding reads)
+    time_input = "time_mlp.0.weight"
+
+    def time_features(self, t: torch.Tensor) -> torch.Tensor:
+        """The sinusoidal features of t that enter the first time-MLP layer, (N, channels)."""
+        return timestep_embedding(t * self.config.scale, self.temb_dim)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        temb = self.time_mlp(timestep_embedding(t * self.config.scale, self.temb_dim))
+        temb = self.time_mlp(self.time_features(t))
         h = self.conv_in(x)
         hs = []
         for i, level in enumerate(self.down):

@@ -8,6 +8,7 @@ from fedleak.fl.server import (
     apply_update,
     evaluate,
     federate,
+    round_generator,
     sample_clients,
 )
 from fedleak.fl.threat import KNOWLEDGE, LEVELS, ThreatModel
@@ -27,5 +28,6 @@ __all__ = [
     "evaluate",
     "federate",
     "local_update",
+    "round_generator",
     "sample_clients",
 ]

@@ -104,7 +104,17 @@ class RoundResult:
     round: int
     clients: list[int]
     accuracy: float | None
-    updates: dict[int, ClientUpdate]
+    updates: dict[int, ClientUpdate]  # what each participating client sent (withheld: absent)
+    withheld: list[int] = field(default_factory=list)
+
+
+UpdateFilter = Callable[..., ClientUpdate]  # (update, *, generator) -> update
+ClientCheck = Callable[[int, int, ClientUpdate, ClientData, nn.Module], ClientUpdate | None]
+
+
+def round_generator(seed: int, round: int, salt: int = 0) -> torch.Generator:
+    """A generator derived from (seed, round): rounds are reproducible in any order (resume)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + round * 7_919 + salt)
 
 
 def federate(
@@ -116,23 +126,29 @@ def federate(
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     train: dict[str, Any] | None = None,
     seed: int = 0,
+    filters: UpdateFilter | None = None,
+    client_check: ClientCheck | None = None,
     on_update: Callable[[int, int, ClientUpdate, nn.Module], None] | None = None,
+    start_round: int = 1,
 ) -> Iterator[RoundResult]:
     """Run an in-process federation, yielding one :class:`RoundResult` per round.
 
     ``model`` is trained in place (it is the server's global model). ``train`` holds the
     :func:`local_update` options shared by all clients; ``ClientData.train`` overrides them per
-    client. ``on_update(round, client, update, global_model)`` sees every update before it is
-    aggregated, with the global model the client started from (an audit's hook).
+    client. Each client then applies ``filters`` to its outgoing update and, if given, runs
+    ``client_check(round, client, update, data, global_model)``, which returns the update to
+    send or ``None`` to withhold it. ``on_update(round, client, update, global_model)`` sees every
+    update the server receives, with the global model the client started from (an audit's hook).
+    ``start_round`` resumes a federation whose global model is already at that round.
     """
     if rounds < 1:
         raise ConfigError(f"`rounds` must be >= 1; got {rounds}.")
-    gen = torch.Generator().manual_seed(seed)
     per_round = clients_per_round or len(clients)
-    for r in range(1, rounds + 1):
-        chosen = sample_clients(len(clients), per_round, gen)
+    for r in range(start_round, rounds + 1):
+        chosen = sample_clients(len(clients), per_round, round_generator(seed, r))
         start = copy.deepcopy(model)
-        updates = {}
+        updates: dict[int, ClientUpdate] = {}
+        withheld: list[int] = []
         for c in chosen:
             opts = {**(train or {}), **clients[c].train}
             u = local_update(
@@ -144,12 +160,21 @@ def federate(
                 round=r,
                 **opts,
             )
+            if filters is not None:
+                u = filters(u, generator=round_generator(seed, r, salt=1 + c))
+            if client_check is not None:
+                checked = client_check(r, c, u, clients[c], start)
+                if checked is None:
+                    withheld.append(c)
+                    continue
+                u = checked
             if on_update is not None:
                 on_update(r, c, u, start)
             updates[c] = u
-        apply_update(model, aggregate(list(updates.values())), server_lr=_server_lr(updates))
+        if updates:
+            apply_update(model, aggregate(list(updates.values())), server_lr=_server_lr(updates))
         acc = evaluate(model, *test) if test is not None else None
-        yield RoundResult(round=r, clients=chosen, accuracy=acc, updates=updates)
+        yield RoundResult(r, chosen, acc, updates, withheld)
 
 
 def _server_lr(updates: dict[int, ClientUpdate]) -> float:

@@ -1,0 +1,267 @@
+"""Audit configuration: dataclasses loaded from YAML or TOML, validated with one-line errors.
+
+Every field can be overridden from the command line as ``section.field=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedleak.errors import ConfigError, DataError
+
+
+@dataclass
+class DataConfig:
+    name: str = "lfw-faces"  # built-in name or FORMAT:PATH
+    size: int | None = 32
+    channels: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convnet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClientSpec:
+    """One client's local data size and training (unset fields fall back to ``train``)."""
+
+    images: int = 8
+    batch_size: int | None = None
+    local_epochs: int | None = None
+    local_steps: int | None = None
+    lr: float | None = None
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 5
+    clients: list[ClientSpec] = field(
+        default_factory=lambda: [ClientSpec(images=n) for n in (1, 4, 8, 16)]
+    )
+    clients_per_round: int | None = None
+    train: dict[str, Any] = field(
+        default_factory=lambda: {
+            "protocol": "fedavg",
+            "lr": 0.01,
+            "local_epochs": 1,
+            "batch_size": 4,
+            "optimizer": "sgd",
+            "bn_mode": "train",
+        }
+    )
+
+
+@dataclass
+class FilterSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AuditSchedule:
+    every: int = 1  # audit every k rounds ...
+    start: int = 1  # ... from round s
+    clients: list[int] | str = "all"
+    attack: str = "inverting-gradients"
+    options: dict[str, Any] = field(default_factory=dict)
+    threat: str = "C"
+    grant_labels: bool = False
+    prior: str = "mean"  # RDLV reference: "mean" of public data, "none", or an image file
+    attacker_prior: bool = False  # also give the prior to the attacker (needs threat >= D)
+
+
+@dataclass
+class SelfCheckConfig:
+    """The client's own leakage check (NVFlare-style filter, seed 000)."""
+
+    enabled: bool = False
+    attack: str = "inverting-gradients"
+    options: dict[str, Any] = field(default_factory=dict)
+    every: int = 1
+    start: int = 1
+    rdlv_threshold: float | None = 0.0
+    ssim_threshold: float | None = None
+    action: str = "withhold"  # "withhold" (send nothing) or "empty" (send a zero update)
+
+
+@dataclass
+class AuditConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    filters: list[FilterSpec] = field(default_factory=list)
+    audit: AuditSchedule = field(default_factory=AuditSchedule)
+    selfcheck: SelfCheckConfig = field(default_factory=SelfCheckConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> AuditConfig:
+        """Check the ranges and combinations the run needs, before anything runs."""
+        fed, aud, sc = self.federation, self.audit, self.selfcheck
+        if fed.rounds < 1:
+            raise ConfigError(f"`federation.rounds` must be >= 1; got {fed.rounds}.")
+        if not fed.clients:
+            raise ConfigError("`federation.clients` must list at least one client.")
+        for i, c in enumerate(fed.clients):
+            if c.images < 1:
+                raise ConfigError(f"`federation.clients[{i}].images` must be >= 1; got {c.images}.")
+        n = len(fed.clients)
+        if fed.clients_per_round is not None and not 1 <= fed.clients_per_round <= n:
+            raise ConfigError(
+                f"`federation.clients_per_round` must be between 1 and {n}; "
+                f"got {fed.clients_per_round}."
+            )
+        for name, v in (
+            ("audit.every", aud.every),
+            ("audit.start", aud.start),
+            ("selfcheck.every", sc.every),
+            ("selfcheck.start", sc.start),
+        ):
+            if v < 1:
+                raise ConfigError(f"`{name}` must be >= 1; got {v}.")
+        if isinstance(aud.clients, str):
+            if aud.clients != "all":
+                raise ConfigError(
+                    f"`audit.clients` must be 'all' or a list of client indices; "
+                    f"got {aud.clients!r}."
+                )
+        elif any(not 0 <= c < n for c in aud.clients):
+            raise ConfigError(
+                f"`audit.clients` must be indices in [0, {n - 1}]; got {aud.clients!r}."
+            )
+        if aud.attacker_prior and aud.threat < "D":
+            raise ConfigError(
+                "`audit.attacker_prior` gives the attacker surrogate data: it needs "
+                f"`audit.threat` D or E; got {aud.threat!r}."
+            )
+        if sc.action not in ("withhold", "empty"):
+            raise ConfigError(
+                f"`selfcheck.action` must be 'withhold' or 'empty'; got {sc.action!r}."
+            )
+        if sc.enabled and sc.rdlv_threshold is None and sc.ssim_threshold is None:
+            raise ConfigError("the self-check needs `rdlv_threshold` or `ssim_threshold`.")
+        return self
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise a ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"`{where}` has an invalid value {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{where}` must be a table/mapping; got {value!r}.")
+        return from_dict(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"`{where}` must be a list; got {value!r}.")
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{where}` must be a mapping; got {value!r}.")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{where}` must be true or false; got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{where}` must be an integer; got {value!r}.")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"`{where}` must be a number; got {value!r}.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"`{where}` must be a string; got {value!r}.")
+    return value
+
+
+def from_dict(cls: Any, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key `{prefix}{unknown[0]}`; valid keys here: {', '.join(sorted(names))}."
+        )
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        raise ConfigError(f"`{where or cls.__name__}` is missing `{missing[0]}`.")
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> AuditConfig:
+    """Read a YAML/TOML file (or defaults if ``path`` is None), apply ``a.b=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: config file not found.")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() == ".toml":
+                data = tomllib.loads(text)
+            elif path.suffix.lower() in (".yaml", ".yml"):
+                data = yaml.safe_load(text) or {}
+            else:
+                raise DataError(f"{path}: expected a .yaml, .yml or .toml config file.")
+        except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0]
+            raise DataError(f"{path}: not valid {path.suffix[1:].upper()}: {first}") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: the config must be a mapping at the top level.")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"an override must look like section.key=value; got {item!r}.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: `{p}` is not a section.")
+        node[parts[-1]] = value
+    return from_dict(AuditConfig, data).validate()

@@ -1,0 +1,306 @@
+"""Run a federation and audit it: attack chosen clients' updates at chosen rounds, score, stream.
+
+Results are written as they are produced (JSONL and CSV per audited update, a grid per update,
+the global model after every round), so a stopped audit loses nothing and ``resume=True``
+continues it: finished rounds are not retrained and finished attacks are not rerun.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import fedleak
+from fedleak.audit.config import AuditConfig
+from fedleak.audit.selfcheck import SelfCheck
+from fedleak.data import ImageDataset, load_dataset, partition, resize, to_channels
+from fedleak.defenses import compose, make_filter
+from fedleak.errors import ConfigError, DataError
+from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate
+from fedleak.models import build_model
+from fedleak.report import append_jsonl, read_jsonl, save_grid, write_config, write_json
+
+LEAKAGE_FIELDS = [
+    "round",
+    "client",
+    "num_images",
+    "batch_size",
+    "local_steps",
+    "attack",
+    "threat",
+    "psnr",
+    "ssim",
+    "mse",
+    "flat_psnr",
+    "rdlv",
+    "label_accuracy",
+    "attack_loss",
+    "iterations",
+    "seconds",
+    "filters",
+    "grid",
+]
+
+
+def load_prior(spec: str, public: ImageDataset) -> torch.Tensor | None:
+    """The RDLV reference image: the mean public image, none, or a user's image file."""
+    if spec == "none":
+        return None
+    if spec == "mean":
+        return public.images.mean(0)
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"{path}: prior image not found (use 'mean', 'none' or an image file).")
+    from skimage import io
+
+    try:
+        arr = io.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}).") from None
+    img = torch.tensor(arr, dtype=torch.float32)
+    img = img / 255.0 if img.max() > 1 else img
+    img = img[None, None] if img.ndim == 2 else img.permute(2, 0, 1)[None]
+    c, h, w = public.image_shape
+    return resize(to_channels(img[:, :3] if img.shape[1] > 3 else img, c), (h, w))[0]
+
+
+def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LEAKAGE_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow(r)
+
+
+def _check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
+    cfg_path = out / "config.json"
+    if resume:
+        if not cfg_path.is_file():
+            raise ConfigError(f"{out}: nothing to resume (no config.json); drop --resume.")
+        old = json.loads(cfg_path.read_text())
+        if old.get("audit_config") != json.loads(json.dumps(cfg.to_dict())):
+            raise ConfigError(
+                f"{out}: the config differs from the one this run started with; resume with the "
+                "same config or choose another --out."
+            )
+    elif (out / "leakage.jsonl").exists() or (out / "state.pt").exists():
+        raise ConfigError(f"{out} already holds an audit; pass --resume or choose another --out.")
+
+
+def run_audit(
+    cfg: AuditConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = lambda m: None,
+    progress_factory: Any = None,
+) -> dict[str, Any]:
+    """Run the audit described by ``cfg`` into the folder ``out``; returns a summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, cfg, resume)
+    write_config(out, {"audit_config": cfg.to_dict()}, "audit")
+    t0 = time.perf_counter()
+    fed, aud, sc = cfg.federation, cfg.audit, cfg.selfcheck
+    train = load_dataset(cfg.data.name, size=cfg.data.size, channels=cfg.data.channels)
+    public = load_dataset(
+        cfg.data.name, size=cfg.data.size, channels=cfg.data.channels, split="test"
+    )
+    sizes = [c.images for c in fed.clients]
+    if sum(sizes) > len(train):
+        raise ConfigError(
+            f"the clients hold {sum(sizes)} images but {cfg.data.name!r} has {len(train)} "
+            "training images; reduce `federation.clients[*].images`."
+        )
+    parts = partition(train.labels, len(sizes), scheme="sizes", sizes=sizes, seed=cfg.seed)
+    clients = []
+    for spec, idx in zip(fed.clients, parts, strict=True):
+        own = {
+            k: v
+            for k, v in (
+                ("batch_size", spec.batch_size),
+                ("local_epochs", spec.local_epochs),
+                ("local_steps", spec.local_steps),
+                ("lr", spec.lr),
+            )
+            if v is not None
+        }
+        if "local_steps" in own:
+            own["local_epochs"] = None
+        clients.append(ClientData(train.images[idx], train.labels[idx], train=own))
+    torch.manual_seed(cfg.seed)
+    model = build_model(
+        cfg.model.name,
+        input_shape=train.image_shape,
+        num_classes=train.num_classes,
+        **cfg.model.options,
+    )
+    prior = load_prior(aud.prior, public)
+    if sc.enabled and sc.rdlv_threshold is not None and prior is None:
+        raise ConfigError("`selfcheck.rdlv_threshold` needs a prior: set `audit.prior` to 'mean'.")
+    filters = (
+        compose([make_filter(f.name, **f.options) for f in cfg.filters]) if cfg.filters else None
+    )
+    filter_desc = ", ".join(f.name for f in cfg.filters) or "none"
+
+    # resume: the global model after the last finished round, and what was already done
+    start_round = 1
+    state_path = out / "state.pt"
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        start_round = int(state["round"]) + 1
+    rounds_done = [r for r in read_jsonl(out / "rounds.jsonl") if r["round"] < start_round]
+    (out / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds_done))
+    leakage = read_jsonl(out / "leakage.jsonl")
+    done = {(r["round"], r["client"]) for r in leakage}
+    checks = {(r["round"], r["client"]): r for r in read_jsonl(out / "selfcheck.jsonl")}
+    if start_round > fed.rounds:
+        log(f"{out}: all {fed.rounds} rounds are already done.")
+
+    audited = set(range(len(clients))) if aud.clients == "all" else set(aud.clients)
+
+    def scheduled(r: int) -> bool:
+        return r >= aud.start and (r - aud.start) % aud.every == 0
+
+    n_attacks = sum(
+        1 for r in range(1, fed.rounds + 1) if scheduled(r) for c in audited if (r, c) not in done
+    )
+    counter = {"n": 0}
+
+    def on_update(r: int, c: int, update: ClientUpdate, global_model: nn.Module) -> None:
+        if not scheduled(r) or c not in audited or (r, c) in done:
+            return
+        data = clients[c]
+        threat = ThreatModel(
+            aud.threat,
+            labels=data.labels if aud.grant_labels else None,
+            prior=prior if aud.attacker_prior else None,
+        )
+        counter["n"] += 1
+        label = f"attack {counter['n']}/{n_attacks}: round {r}, client {c}"
+        iters = int(aud.options.get("iterations", 1000))
+        ctx = progress_factory(label, iters) if progress_factory else None
+        prog = ctx.__enter__() if ctx else None
+        try:
+            rec = fedleak.attack(
+                aud.attack,
+                global_model,
+                update,
+                threat=threat,
+                progress=prog,
+                seed=cfg.seed * 1_000_003 + r * 7_919 + c,
+                **aud.options,
+            )
+        finally:
+            if ctx:
+                ctx.__exit__(None, None, None)
+        s = fedleak.score(rec, data.images, labels=data.labels, prior=prior)
+        grid = f"grids/r{r:03d}_c{c}.png"
+        matched = rec.images[[i for i, _ in sorted(s["pairing"], key=lambda p: p[1])]]
+        shown = slice(0, 16)
+        save_grid(
+            out / grid,
+            [data.images[shown], matched[shown]],
+            row_titles=["original", "reconstruction"],
+            captions=[None, [f"{p:.1f} dB" for p in s["psnr_per_image"][:16]]],
+            title=f"round {r}, client {c}: {aud.attack}, PSNR {s['psnr']:.1f} dB",
+        )
+        tr = update.training
+        record = {
+            "round": r,
+            "client": c,
+            "num_images": len(data.images),
+            "batch_size": tr.batch_size if tr else None,
+            "local_steps": tr.local_steps if tr else None,
+            "attack": aud.attack,
+            "threat": aud.threat,
+            "psnr": s["psnr"],
+            "ssim": s["ssim"],
+            "mse": s["mse"],
+            "flat_psnr": s["flat_psnr"],
+            "rdlv": s.get("rdlv"),
+            "label_accuracy": s.get("label_accuracy"),
+            "attack_loss": rec.restart_losses[rec.best_restart],
+            "iterations": rec.iterations,
+            "seconds": round(rec.seconds, 2),
+            "filters": filter_desc,
+            "grid": grid,
+            "psnr_per_image": s["psnr_per_image"],
+            "ssim_per_image": s["ssim_per_image"],
+        }
+        for f in cfg.filters:
+            if f.name == "gaussian":
+                record["sigma0"] = f.options.get("sigma0")
+        append_jsonl(out / "leakage.jsonl", record)
+        leakage.append(record)
+        _write_csv(out / "leakage.csv", leakage)
+        done.add((r, c))
+        log(
+            f"round {r} client {c} ({len(data.images)} images): PSNR {s['psnr']:.2f} dB "
+            f"(flat {s['flat_psnr']:.2f}), SSIM {s['ssim']:.3f}"
+            + (f", RDLV {s['rdlv']:.3f}" if s.get("rdlv") is not None else "")
+        )
+
+    check = None
+    if sc.enabled:
+        check = SelfCheck(
+            attack=sc.attack,
+            options=sc.options,
+            every=sc.every,
+            start=sc.start,
+            rdlv_threshold=sc.rdlv_threshold,
+            ssim_threshold=sc.ssim_threshold,
+            action=sc.action,
+            prior=prior,
+            seed=cfg.seed,
+            record=lambda rec: append_jsonl(out / "selfcheck.jsonl", rec),
+            skip=lambda r, c: checks.get((r, c)),
+        )
+
+    for res in federate(
+        model,
+        clients,
+        rounds=fed.rounds,
+        clients_per_round=fed.clients_per_round,
+        test=(public.images, public.labels),
+        train=dict(fed.train),
+        seed=cfg.seed,
+        filters=filters,
+        client_check=check,
+        on_update=on_update,
+        start_round=start_round,
+    ):
+        append_jsonl(
+            out / "rounds.jsonl",
+            {
+                "round": res.round,
+                "accuracy": res.accuracy,
+                "clients": res.clients,
+                "withheld": res.withheld,
+            },
+        )
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "round": res.round}, tmp)
+        tmp.replace(state_path)
+        log(
+            f"round {res.round}: test accuracy {res.accuracy:.3f}"
+            + (f", withheld {res.withheld}" if res.withheld else "")
+        )
+    rounds = read_jsonl(out / "rounds.jsonl")
+    summary = {
+        "rounds": len(rounds),
+        "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+        "audited_updates": len(leakage),
+        "withheld": sum(len(r.get("withheld", [])) for r in rounds),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(out / "summary.json", summary)
+    return summary

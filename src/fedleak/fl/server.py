@@ -130,6 +130,7 @@ def federate(
     client_check: ClientCheck | None = None,
     on_update: Callable[[int, int, ClientUpdate, nn.Module], None] | None = None,
     start_round: int = 1,
+    trainer: Callable[..., ClientUpdate] = local_update,
 ) -> Iterator[RoundResult]:
     """Run an in-process federation, yielding one :class:`RoundResult` per round.
 
@@ -140,6 +141,7 @@ def federate(
     send or ``None`` to withhold it. ``on_update(round, client, update, global_model)`` sees every
     update the server receives, with the global model the client started from (an audit's hook).
     ``start_round`` resumes a federation whose global model is already at that round.
+    ``trainer`` replaces :func:`local_update` (same signature), e.g. a training-time defense.
     """
     if rounds < 1:
         raise ConfigError(f"`rounds` must be >= 1; got {rounds}.")
@@ -151,7 +153,7 @@ def federate(
         withheld: list[int] = []
         for c in chosen:
             opts = {**(train or {}), **clients[c].train}
-            u = local_update(
+            u = trainer(
                 start,
                 clients[c].images,
                 clients[c].labels,

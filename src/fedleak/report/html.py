@@ -109,6 +109,8 @@ h2 { border-bottom: 2px solid #d0d7de; padding-bottom: 0.2em; margin-top: 1.8em;
 nav a { margin-right: 1em; color: #0550ae; }
 pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 0.8em; overflow-x: auto;
   font-size: 0.85em; }
+pre.config { max-height: 36em; }
+summary { cursor: pointer; color: #57606a; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
 th, td { border: 1px solid #d0d7de; padding: 0.25em 0.55em; }
 th { background: #f0f3f6; text-align: left; }
@@ -329,7 +331,8 @@ def _leakage_section(
         if len(_distinct(leakage, knob)) > 1:
             parts.append(plot(plot_leakage_vs, leakage, f"{main.upper()} vs {knob}",
                               x=knob, metric=main))
-    if _distinct(leakage, "sigma0"):
+    sigma0s = _distinct(leakage, "sigma0")
+    if sigma0s:
         acc: dict[float, list[float]] = {}
         for c in sweep:
             params = c.get("params")
@@ -337,10 +340,11 @@ def _leakage_section(
             a = _finite(c.get("accuracy"))
             if s0 is not None and a is not None:
                 acc.setdefault(s0, []).append(a)
-        parts.append(plot(
-            plot_leakage_vs, leakage, f"{main.upper()} vs sigma0", x="sigma0", metric=main,
-            accuracy={k: sum(v) / len(v) for k, v in acc.items()} or None,
-        ))
+        if len(sigma0s) > 1 or acc:  # one noise level alone says nothing
+            parts.append(plot(
+                plot_leakage_vs, leakage, f"{main.upper()} vs sigma0", x="sigma0", metric=main,
+                accuracy={k: sum(v) / len(v) for k, v in acc.items()} or None,
+            ))
     parts.append("</div></section>")
     return "\n".join(parts)
 
@@ -438,8 +442,10 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
             json.dumps(config, indent=2, ensure_ascii=False, default=str)
             if config is not None else config_note
         )
-        sections.append(f'<section id="config"><h2>Configuration</h2><pre>{_esc(cfg_text)}</pre>'
-                        "</section>")
+        sections.append(
+            '<section id="config"><h2>Configuration</h2><details open><summary>config.json'
+            f'</summary><pre class="config">{_esc(cfg_text)}</pre></details></section>'
+        )
         if rounds:
             nav.append(("accuracy", "Accuracy"))
             sections.append('<section id="accuracy"><h2>Test accuracy</h2>'

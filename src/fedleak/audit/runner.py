@@ -211,7 +211,7 @@ def run_audit(
             [data.images[shown], matched[shown]],
             row_titles=["original", "reconstruction"],
             captions=[None, [f"{p:.1f} dB" for p in s["psnr_per_image"][:16]]],
-            title=f"round {r}, client {c}: {aud.attack}, PSNR {s['psnr']:.1f} dB",
+            title=f"r{r} c{c}: {s['psnr']:.1f} dB",
         )
         tr = update.training
         record = {

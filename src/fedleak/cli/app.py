@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out_console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 STATE = {"quiet": False}
 
 
@@ -230,9 +230,22 @@ def audit(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/audit"),
     resume: Annotated[bool, typer.Option(help="Continue a stopped audit in OUT.")] = False,
     report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+    engine: Annotated[
+        str, typer.Option(help="inprocess (default) or flower (Flower's Simulation Engine).")
+    ] = "inprocess",
 ) -> None:
     """Run a federation from a config and audit its leakage per round and per client."""
     from fedleak.audit import load_config, run_audit
+
+    if engine == "flower":
+        try:
+            from fedleak.integrations.flower import run_flower_audit as run_audit  # noqa: F811
+        except ImportError as exc:
+            raise ConfigError(
+                f"--engine flower needs Flower: pip install -e '.[flower]' ({exc})."
+            ) from None
+    elif engine != "inprocess":
+        raise ConfigError(f"`--engine` must be 'inprocess' or 'flower'; got {engine!r}.")
 
     overrides = list(set_ or [])
     for key, value in (
@@ -261,6 +274,42 @@ def _write_report(run_dir: Path) -> Path | None:
     path = write_report(run_dir)
     log(f"report: {path}")
     return path
+
+
+@app.command()
+@friendly
+def sweep(
+    config: Annotated[Path, typer.Argument(help="YAML or TOML sweep config.")],
+    out: Annotated[Path, typer.Option(help="Sweep folder.")] = Path("fedleak-runs/sweep"),
+    resume: Annotated[bool, typer.Option(help="Skip cells already in OUT/sweep.jsonl.")] = False,
+    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 2,
+    report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+) -> None:
+    """Defenses x hyperparameters x seeds: privacy-utility curves (seed 001's study)."""
+    from fedleak.sweep import run_sweep
+
+    if workers < 1:
+        raise ConfigError(f"`--workers` must be >= 1; got {workers}.")
+    if STATE["quiet"]:
+        summary = run_sweep(config, out, resume=resume, workers=workers, log=log)
+    else:
+        with Progress(
+            TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err_console,
+        ) as prog:
+            task = prog.add_task("cells", total=None)
+
+            def progress(done: int, total: int) -> None:
+                prog.update(task, completed=done, total=total)
+
+            summary = run_sweep(
+                config, out, resume=resume, workers=workers, progress=progress, log=log
+            )
+    if report:
+        _write_report(out)
+    out_console.print(f"Sweep folder: {out}")
+    if isinstance(summary, dict) and summary.get("table"):
+        out_console.print(summary["table"])
 
 
 @app.command(name="report")

@@ -7,8 +7,11 @@ an untrained ConvNet (4 conv 3x3 + BN + ReLU, widths 32/64/128/128, max-pool aft
 
 * FedSGD, inverting-gradients: flatten head batch 1 (target >= 40 dB) and batch 4 (>= 18 dB),
   GAP head batch 1 (>= 19 dB); gradinversion on the same settings for comparison.
-* FedAvg with BN in train mode (4 images, batch 2, 2 local SGD steps, lr 0.1): each entry of
-  FEDAVG_ATTACKS at equal iterations; names that are not registered are skipped.
+* FedAvg with BN in train mode (4 images, batch 2, 2 local SGD steps, lr 0.01): each entry of
+  FEDAVG_ATTACKS at equal iterations; names that are not registered are skipped. This client
+  holds 2 faces and 2 non-face patches (labels 0, 1, 0, 1; each batch one of each): with four
+  faces (one label) the untrained model is saturated after the first step at any lr >= 0.01
+  (loss exactly 0), so the second batch's images would not be in the weight update at all.
 
 Beside every PSNR it prints the flat-image baseline (what a featureless blob at the image mean
 scores) and the iterations/seconds needed to reach 15 dB, measured with the Checkpoint callback
@@ -23,7 +26,6 @@ PNG per setting goes to ``--out`` (default ``benchmarks/out/``, kept out of git 
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,13 +54,14 @@ class Setting:
     num_images: int
     observe: dict[str, Any]
     attacks: tuple[tuple[str, dict[str, Any]], ...]
-    target_db: float | None = None
-    targets: dict[str, float] = field(default_factory=dict)  # per attack label, if any
+    mixed: bool = False  # faces and non-faces alternating (labels 0, 1, 0, 1) instead of faces
+    targets: dict[str, float] = field(default_factory=dict)  # per attack name, default options
 
 
 FEDSGD = {"bn_mode": "eval"}
 FEDAVG = {
-    "protocol": "fedavg", "batch_size": 2, "local_steps": 2, "lr": 0.1, "bn_mode": "train",
+    "protocol": "fedavg", "batch_size": 2, "local_steps": 2, "lr": 0.01, "bn_mode": "train",
+    "shuffle": False,
 }
 FEDSGD_ATTACKS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("inverting-gradients", {}),
@@ -76,12 +79,20 @@ SETTINGS = (
     Setting("flatten-b1", "flatten", 1, FEDSGD, FEDSGD_ATTACKS, targets={IG: 40.0}),
     Setting("flatten-b4", "flatten", 4, FEDSGD, FEDSGD_ATTACKS, targets={IG: 18.0}),
     Setting("gap-b1", "gap", 1, FEDSGD, FEDSGD_ATTACKS, targets={IG: 19.0}),
-    Setting("fedavg-bntrain-b4", "flatten", 4, FEDAVG, FEDAVG_ATTACKS),
+    Setting("fedavg-bntrain-b4", "flatten", 4, FEDAVG, FEDAVG_ATTACKS, mixed=True),
 )
+
+
+SHORT = {"inverting-gradients": "IG", "gradinversion": "GI"}
 
 
 def label(name: str, options: dict[str, Any]) -> str:
     return name + "".join(f" {k}={v}" for k, v in options.items())
+
+
+def short_label(name: str, options: dict[str, Any]) -> str:
+    """Row title for the grid: 'IG replay' rather than the full option list."""
+    return " ".join([SHORT.get(name, name), *(str(v) for v in options.values())])
 
 
 def victim(head: str) -> torch.nn.Module:
@@ -89,9 +100,17 @@ def victim(head: str) -> torch.nn.Module:
     return build_model("convnet", input_shape=(1, SIZE, SIZE), num_classes=2, head=head)
 
 
-def faces(n: int) -> torch.Tensor:
+def client_data(n: int, mixed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n faces (label 0), or faces and non-faces alternating (labels 0, 1, ...)."""
     ds = load_dataset("lfw-faces", size=SIZE, split="all")
-    return ds.images[ds.labels == 0][:n].clone()
+    labels = torch.arange(n) % 2 if mixed else torch.zeros(n, dtype=torch.long)
+    pools = [ds.images[ds.labels == c] for c in (0, 1)]
+    seen = [0, 0]
+    out = []
+    for c in labels.tolist():
+        out.append(pools[c][seen[c]])
+        seen[c] += 1
+    return torch.stack(out).clone(), labels
 
 
 def run_one(
@@ -100,6 +119,7 @@ def run_one(
     model: torch.nn.Module,
     update: fedleak.ClientUpdate,
     truth: torch.Tensor,
+    labels: torch.Tensor,
     iterations: int,
 ) -> dict[str, Any]:
     """One attack; PSNR of the current best every EVERY iterations (reporting only)."""
@@ -118,7 +138,7 @@ def run_one(
         **options,
     )
     seconds = time.perf_counter() - start - spent[0]
-    s = fedleak.score(rec, truth, labels=torch.zeros(truth.shape[0], dtype=torch.long))
+    s = fedleak.score(rec, truth, labels=labels)
     reach = next(((i, t) for i, p, t in trace if p >= REACH_DB), None)
     order = [r for r, _ in sorted(s["pairing"], key=lambda ro: ro[1])]
     return {
@@ -156,10 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.settings and st.name not in args.settings:
             continue
         model = victim(st.head)
-        truth = faces(st.num_images)
-        update = fedleak.observe(
-            model, truth, torch.zeros(st.num_images, dtype=torch.long), **st.observe
-        )
+        truth, labels = client_data(st.num_images, st.mixed)
+        update = fedleak.observe(model, truth, labels, **st.observe)
         print(f"\n== {st.name}: {st.head} head, {st.num_images} image(s), {st.observe}")
         rows, titles, caps = [truth], ["truth"], [None]
         for name, options in st.attacks:
@@ -171,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 table.append((st.name, tag, None, None, "not registered"))
                 continue
             try:
-                r = run_one(name, options, model, update, truth, iterations)
+                r = run_one(name, options, model, update, truth, labels, iterations)
             except FedleakError as exc:
                 print(f"  {tag}: failed: {exc}")
                 table.append((st.name, tag, None, None, f"error: {exc}"[:60]))
@@ -189,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             table.append((st.name, tag, r, target, verdict))
             rows.append(r["images"])
-            titles.append(re.sub(r"[^a-z0-9=.-]+", " ", tag)[:28])
+            titles.append(short_label(name, options))
             caps.append([f"{p:.1f} dB" for p in r["psnr_per_image"]])
         if len(rows) > 1:
             path = save_grid(

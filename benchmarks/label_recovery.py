@@ -8,13 +8,13 @@ epoch), at two learning rates.
     python benchmarks/label_recovery.py            # 20 batches per setting
     python benchmarks/label_recovery.py --trials 5
 
-Measured (20 batches each, 2 CPU cores):
+Measured (20 batches each, the command above):
 
     model            fedsgd N=1  fedsgd N=8  fedavg N=8 lr .01  fedavg N=8 lr .1
-    mlp                   1.000       1.000              1.000             0.988
+    mlp                   1.000       1.000              1.000             0.994
     lenet                 1.000       1.000              1.000             0.988
-    convnet-small         1.000       1.000              1.000             0.812
-    convnet               1.000       1.000              0.956             0.688
+    convnet-small         1.000       1.000              1.000             0.794
+    convnet               1.000       1.000              0.931             0.681
     convnet-gap           1.000       1.000              1.000             1.000
 
 FedAvg at lr 0.1 with a wide flatten head is the hard case: after one local step the softmax

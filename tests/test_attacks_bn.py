@@ -126,9 +126,14 @@ def test_infer_batch_stats_rejects_updates_without_buffers() -> None:
 # ------------------------------------------------------------------------- bn-fedavg
 
 
+TINY = (1, 8, 8)
+
+
 def _fedavg_case(seed: int = 0):
-    model = _convnet(seed, classes=2)
-    images = _smooth_images(2)
+    """Two 8x8 images, a two-block ConvNet, FedAvg with 2 local steps of batch 1."""
+    torch.manual_seed(seed)
+    model = build_model("convnet", input_shape=TINY, num_classes=2, widths=(4, 8), pool_after=(0,))
+    images = _smooth_images(2, TINY)
     labels = torch.tensor([0, 1])
     update = observe(
         model, images, labels, protocol="fedavg", lr=0.1, local_steps=2, batch_size=1, seed=3
@@ -139,7 +144,7 @@ def _fedavg_case(seed: int = 0):
 def _inputs(model, update, labels, threat=None) -> AttackInputs:
     return AttackInputs(
         model=model, update=update, threat=threat or ThreatModel(labels=labels),
-        num_images=labels.numel(), image_shape=SHAPE, num_classes=2, labels=labels,
+        num_images=labels.numel(), image_shape=TINY, num_classes=2, labels=labels,
         label_method="granted",
     )  # fmt: skip
 
@@ -148,7 +153,7 @@ def test_bn_fedavg_update_term_carries_gradient_and_true_images_fit() -> None:
     model, images, labels, update = _fedavg_case()
     atk = BNFedAvg()
     terms = atk.objective(_inputs(model, update, labels))
-    x = torch.rand(1, 2, *SHAPE, requires_grad=True)
+    x = torch.rand(1, 2, *TINY, requires_grad=True)
     t = terms(x)
     assert set(t) >= {"update", "bn", "tv", "l2"}
     (gx,) = torch.autograd.grad(t["update"].sum(), x, retain_graph=True)
@@ -169,8 +174,8 @@ def test_bn_fedavg_beats_its_init_and_leaves_the_model_alone() -> None:
     model, images, labels, update = _fedavg_case()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     threat = ThreatModel(labels=labels)
-    rec = attack("bn-fedavg", model, update, threat=threat, iterations=150, seed=0)
-    init = init_images("random", (1, 2, *SHAPE), torch.Generator().manual_seed(0))[0]
+    rec = attack("bn-fedavg", model, update, threat=threat, iterations=100, seed=0)
+    init = init_images("random", (1, 2, *TINY), torch.Generator().manual_seed(0))[0]
     got = score(rec, images)["psnr"]
     assert got > score(init, images)["psnr"] + 3
     assert rec.loss_history[-1] < rec.loss_history[0]
@@ -191,7 +196,7 @@ def test_bn_fedavg_refuses_without_information() -> None:
         attack("bn-fedavg", model, evaluated, threat=threat, iterations=1)
     with pytest.raises(InsufficientKnowledgeError):
         attack("bn-fedavg", model, update, threat=ThreatModel(level="B"), num_images=2)
-    mlp = build_model("mlp", input_shape=SHAPE, num_classes=2)
+    mlp = build_model("mlp", input_shape=TINY, num_classes=2)
     with pytest.raises(UpdateError, match="BatchNorm"):
         attack("bn-fedavg", mlp, observe(mlp, images, labels), threat=threat, iterations=1)
 

@@ -50,6 +50,7 @@ from fedleak.attacks.bnstats import (
     infer_batch_stats,
     step_weights,
 )
+from fedleak.attacks.labels import label_arrangements
 from fedleak.attacks.optimize import init_images, optimize, total_variation
 from fedleak.attacks.simulate import (
     Tensors,
@@ -188,6 +189,7 @@ class BNFedAvg(Attack):
     metric: str = "l2"
     update_weight: float = 1.0
     bn_weight: float = 0.1
+    bn_first: float = 1.0
     tv_weight: float = 1e-4
     l2_weight: float = 1e-5
     prior_weight: float = 1e-2
@@ -211,12 +213,16 @@ class BNFedAvg(Attack):
                 "`init` of bn-fedavg must be 'auto', 'prior', 'random' or 'constant'; "
                 f"got {self.init!r}."
             )
-        weights = (self.update_weight, self.bn_weight, self.tv_weight, self.l2_weight)
+        weights = (self.update_weight, self.bn_weight, self.bn_first, self.tv_weight)
+        weights += (self.l2_weight,)
         if min(weights + (self.prior_weight, self.init_noise)) < 0:
             raise ConfigError("the weights and `init_noise` of bn-fedavg must be >= 0.")
 
-    def objective(self, inputs: AttackInputs) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    def objective(self, inputs: AttackInputs) -> Callable[..., dict[str, torch.Tensor]]:
         """Per-term attack losses of candidates (R, N, C, H, W), each (R,) (for tests/inspection).
+
+        The returned function takes the images and optionally per-restart labels (R, N)
+        (default: ``inputs.labels`` in their order for every restart).
 
         Raises the knowledge/update errors of the attack before any optimization.
         """
@@ -254,9 +260,9 @@ class BNFedAvg(Attack):
         prior = inputs.threat.prior
         prior_img = None if prior is None else prior.reshape(1, 1, *inputs.image_shape)
 
-        def terms(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def terms(x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
             r = x.shape[0]
-            tensors, per_step = sim(x, labels.expand(r, -1))
+            tensors, per_step = sim(x, labels.expand(r, -1) if y is None else y)
             out: dict[str, torch.Tensor] = {}
             if self.metric == "l2":
                 diff = sum((tensors[k] - target[k]).flatten(1).pow(2).sum(1) for k in target)
@@ -270,7 +276,8 @@ class BNFedAvg(Attack):
                 mu_t, var_t = target_stats[name]
                 mu = sum(weights[k] * per_step[k][li][0] for k in range(steps))
                 var = sum(weights[k] * corr[name][k] * per_step[k][li][1] for k in range(steps))
-                bn = bn + (mu - mu_t).norm(dim=-1) + (var - var_t).norm(dim=-1)  # type: ignore
+                layer = (mu - mu_t).norm(dim=-1) + (var - var_t).norm(dim=-1)  # type: ignore
+                bn = bn + (self.bn_first if li == 0 else 1.0) * layer
             out["bn"] = bn
             out["tv"] = total_variation(x)
             out["l2"] = (x - 0.5).flatten(2).norm(dim=-1).mean(1)
@@ -306,8 +313,15 @@ class BNFedAvg(Attack):
             x0 = (x0 + self.init_noise * torch.randn(shape, generator=gen)).clamp(0, 1)
         warmup = self.warmup if self.warmup is not None else max(1, self.iterations // 20)
 
+        cfg = inputs.update.training
+        sizes = (cfg.batch_sizes or (cfg.batch_size,) * cfg.local_steps) if cfg else ()
+        assert inputs.labels is not None  # objective() checked it
+        # restarts cycle through the distinct spreads of the labels over the local batches
+        options = label_arrangements(inputs.labels.reshape(-1), sizes, self.restarts, gen)
+        ys = options[torch.arange(self.restarts) % options.shape[0]]
+
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
-            return self.total(terms(v["images"]))
+            return self.total(terms(v["images"], ys))
 
         def project(v: dict[str, torch.Tensor]) -> None:
             v["images"].clamp_(0, 1)
@@ -325,12 +339,11 @@ class BNFedAvg(Attack):
         )
         best = int(res.best_loss.argmin())
         with torch.no_grad():
-            final_terms = {
-                k: float(v[best]) for k, v in terms(res.best["images"][best : best + 1]).items()
-            }
+            final = terms(res.best["images"][best : best + 1], ys[best : best + 1])
+            final_terms = {k: float(v[0]) for k, v in final.items()}
         return Reconstruction(
             images=res.best["images"][best].clamp(0, 1),
-            labels=inputs.labels,
+            labels=ys[best],
             attack=self.name,
             threat_level=inputs.threat.level,
             loss_history=res.history[:, best].tolist(),

@@ -3,10 +3,14 @@
 Update-level filters (``fedleak.defenses.filters``) share one signature,
 ``(update, *, generator=None) -> update``, are registered by name in :data:`FILTERS` and chain with
 :func:`compose`; :class:`ClientDPAccountant` tracks the client-level DP they buy. Training-time
-defenses live in their own modules of this package and are added to the exports below.
+defenses (``fedleak.defenses.training`` and its siblings ``latent``, ``dpsgd``, ``bido``,
+``mixup``, ``secagg``) replace the client trainer instead; they are registered by name in
+:data:`TRAINING_DEFENSES` and built with :func:`make_training_defense`.
 """
 
 from fedleak.defenses.accounting import ClientDPAccountant
+from fedleak.defenses.bido import BiDO, coco, normalized_hsic
+from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
 from fedleak.defenses.filters import (
     FILTERS,
     ClipNoiseFilter,
@@ -23,6 +27,24 @@ from fedleak.defenses.filters import (
     compose,
     make_filter,
     register_filter,
+)
+from fedleak.defenses.latent import (
+    LatentDecoder,
+    LatentNet,
+    LatentNoise,
+    LatentPerturbation,
+    pearson,
+)
+from fedleak.defenses.mixup import MixUp, mixup_batch
+from fedleak.defenses.secagg import SecureAggregation
+from fedleak.defenses.training import (
+    TRAINING_DEFENSES,
+    NoDefense,
+    TrainingDefense,
+    available_training_defenses,
+    local_training,
+    make_training_defense,
+    register_training_defense,
 )
 
 __all__ = [
@@ -42,4 +64,25 @@ __all__ = [
     "compose",
     "make_filter",
     "register_filter",
+    # training-time defenses
+    "BiDO",
+    "DPSGD",
+    "TRAINING_DEFENSES",
+    "LatentDecoder",
+    "LatentNet",
+    "LatentNoise",
+    "LatentPerturbation",
+    "MixUp",
+    "NoDefense",
+    "SecureAggregation",
+    "TrainingDefense",
+    "available_training_defenses",
+    "coco",
+    "dp_epsilon",
+    "local_training",
+    "make_training_defense",
+    "mixup_batch",
+    "normalized_hsic",
+    "pearson",
+    "register_training_defense",
 ]

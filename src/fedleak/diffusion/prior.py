@@ -90,7 +90,7 @@ def train_prior(
             decay = min(ema, (1 + step) / (10 + step))
             for pa, pm in zip(avg.parameters(), model.parameters(), strict=True):
                 pa.lerp_(pm, 1 - decay)
-        running += float(loss)
+        running += float(loss.detach())
         count += 1
         if log is not None and (step % log_every == 0 or step == steps):
             log(step, running / count)

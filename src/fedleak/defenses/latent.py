@@ -1,0 +1,414 @@
+"""Learnable latent data perturbation (seed 001: Jiang, Firouzi, Chakrabarty, arXiv 2503.16542).
+
+The client model is encoder -> latent + Gaussian noise -> predictor, with a decoder branch that
+tries to rebuild the input from the perturbed latent. Training is a minimax on the Pearson
+correlation rho between an input and its rebuild: the decoder maximizes rho, the encoder and
+predictor minimize CE + lambda * rho. Why it defends: the shared weights are trained on noisy
+latents and pushed to keep only what the label needs, so an update carries less of the image,
+and the attacker (who replays plain cross-entropy training) matches the wrong function.
+
+Our reading of the paper (its equations are blank in our copy; see docs/defenses-training.md):
+
+- rho is computed per sample over all pixels and averaged over the batch; the decoder loss is
+  -rho (Eq. 2), the encoder/predictor loss is CE + lambda * rho (Eq. 3); one decoder step, then
+  one encoder/predictor step, on every local batch (alternating, Algorithm 1).
+- noise n ~ N(mu, sigma) per latent element; fixed variant: the same (mu, sigma) everywhere
+  (the paper: a few means, sigma 0.1); learnable variant: per-element (mu, sigma), initialized at
+  (1, 0.1), learned jointly with encoder/predictor in a local pre-training stage on the client's
+  data (Algorithm 1; sigma kept positive as |sigma|), then frozen; the model weights are
+  re-initialized for federated learning and only the learned noise is kept.
+- the decoder stays on the client ("an additional branch ... within the local client"): only the
+  encoder and predictor are shared, so the update has exactly the classifier's parameters. The
+  noise parameters are never trained in FL and never sent; the learned ones are private to
+  each client. In eval mode the noise layer adds its mean (the expected perturbation): the
+  attacker's replay, which runs the model in eval mode, sees the global model's (public,
+  configured) mean and no sampling.
+- Table I adapted: encoder Conv3x3(pad 1)+ReLU with widths w, 2w, 2w, 4w, 4w, 4w, MaxPool(pool),
+  4w, 4w, 4w (paper: w = 64, pool = 3); predictor MaxPool(pool), Flatten, Linear; decoder
+  ConvT(4w, k3, s1), BN, ReLU, ConvT(4w, k4, s1), BN, ReLU, ConvT(C, k, s) with k and s chosen
+  so the output has the input's size (CIFAR 32x32: k4 s2; 28x28: k2 s2; otherwise stride 1, or
+  a final resize when no kernel fits).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedleak.defenses.training import (
+    TrainingDefense,
+    check_number,
+    check_positive_int,
+    fail,
+    local_batches,
+    local_training,
+    make_optimizer,
+    register_training_defense,
+)
+from fedleak.errors import ConfigError
+from fedleak.fl.server import ClientData
+from fedleak.fl.update import ClientUpdate
+from fedleak.models.base import MODELS, check_int, conv_out
+from fedleak.models.normalize import Normalize
+
+__all__ = [
+    "LatentDecoder",
+    "LatentNet",
+    "LatentNoise",
+    "LatentPerturbation",
+    "latent_net",
+    "pearson",
+]
+
+_CALLER = "model 'latent-net'"
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation per sample (B,) between ``a`` and ``b`` of shape (B, ...)."""
+    a = a.flatten(1)
+    b = b.flatten(1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+class LatentNoise(nn.Module):
+    """z + n, n ~ N(mean, |std|) per latent element; in eval mode z + mean (no sampling).
+
+    ``mean`` and ``std`` are parameters of the latent's shape so the learnable variant can train
+    them; they are frozen (``requires_grad=False``) unless :meth:`set_learnable` says otherwise,
+    so an FL update never carries them. ``generator`` (not state) seeds the sampling.
+    """
+
+    def __init__(self, shape: Sequence[int], mean: float = 0.0, std: float = 0.0) -> None:
+        super().__init__()
+        self.mean = nn.Parameter(torch.full(tuple(shape), float(mean)), requires_grad=False)
+        self.std = nn.Parameter(torch.full(tuple(shape), float(std)), requires_grad=False)
+        self.generator: torch.Generator | None = None
+
+    def set_learnable(self, learnable: bool) -> None:
+        self.mean.requires_grad_(learnable)
+        self.std.requires_grad_(learnable)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = z + self.mean
+        if not self.training:
+            return out
+        sigma = self.std.abs()
+        if not self.std.requires_grad and not bool((sigma > 0).any()):
+            return out
+        eps = torch.randn(z.shape, generator=self.generator, dtype=z.dtype, device=z.device)
+        return out + sigma * eps
+
+
+class LatentNet(nn.Module):
+    """Seed 001's client classifier: encoder -> noise -> predictor (Table I, adapted)."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        width: int,
+        pool: int,
+        noise_mean: float,
+        noise_std: float,
+    ) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        widths = [width, 2 * width, 2 * width, 4 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = [Normalize(c)]
+        in_ch = c
+        for out_ch in widths:
+            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU()]
+            in_ch = out_ch
+        layers.append(nn.MaxPool2d(pool))
+        lh, lw = conv_out(h, pool, pool), conv_out(w, pool, pool)
+        for _ in range(3):
+            layers += [nn.Conv2d(in_ch, 4 * width, 3, padding=1), nn.ReLU()]
+            in_ch = 4 * width
+        ph, pw = conv_out(lh, pool, pool), conv_out(lw, pool, pool)
+        if ph < 1 or pw < 1:
+            raise ConfigError(
+                f"`input_shape` of {_CALLER} must survive two {pool}x{pool} max-pools; got "
+                f"{tuple(input_shape)!r}. Use larger images or a smaller `pool`."
+            )
+        self.encoder = nn.Sequential(*layers)
+        for m in self.encoder.modules():
+            if isinstance(m, nn.Conv2d):  # He init: the signal keeps its scale through 9 convs
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        self.latent_shape = (in_ch, lh, lw)
+        self.noise = LatentNoise(self.latent_shape, noise_mean, noise_std)
+        self.predictor = nn.Sequential(
+            nn.MaxPool2d(pool), nn.Flatten(), nn.Linear(in_ch * ph * pw, num_classes)
+        )
+        self.width = width
+        self.pool = pool
+        self.input_shape = (c, h, w)
+        self.num_classes = num_classes
+
+    def perturbed_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The noisy latent z~ = E(x) + n that feeds both the predictor and the decoder."""
+        return self.noise(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.perturbed_latent(x))
+
+
+@MODELS.register("latent-net")
+def latent_net(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    width: int = 64,
+    pool: int = 3,
+    noise_mean: float = 0.0,
+    noise_std: float = 0.0,
+) -> LatentNet:
+    """Seed 001's Table I classifier (encoder + noise + predictor); noise off by default.
+
+    ``width`` 64 and ``pool`` 3 are the paper's (2304 predictor inputs at 28x28 or 32x32);
+    smaller values make a CPU-sized model. Undefended, it is a plain 9-conv classifier without
+    BatchNorm, which the baselines (DP-SGD, BiDO, ...) train as well.
+    """
+    width = check_int(width, "width", _CALLER)
+    pool = check_int(pool, "pool", _CALLER)
+    for param, v in (("noise_mean", noise_mean), ("noise_std", noise_std)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigError(f"`{param}` of {_CALLER} must be a finite number; got {v!r}.")
+    if noise_std < 0:
+        raise ConfigError(f"`noise_std` of {_CALLER} must be >= 0; got {noise_std!r}.")
+    return LatentNet(
+        input_shape, num_classes, width=width, pool=pool,
+        noise_mean=float(noise_mean), noise_std=float(noise_std),
+    )
+
+
+def _decoder_head(latent: int, size: int) -> tuple[int, int, bool]:
+    """(kernel, stride, resize) of the last ConvT so that it outputs ``size`` pixels."""
+    s2 = latent + 5  # after ConvT(k3, s1) and ConvT(k4, s1)
+    k = size - 2 * (s2 - 1)
+    if 1 <= k <= 8:
+        return k, 2, False
+    k = size - s2 + 1
+    if 1 <= k <= 8:
+        return k, 1, False
+    return 2, 2, True
+
+
+class LatentDecoder(nn.Module):
+    """The client-local decoder branch of Table I: perturbed latent -> an image-sized rebuild."""
+
+    def __init__(self, latent_shape: tuple[int, int, int], input_shape: tuple[int, int, int]):
+        super().__init__()
+        ch, lh, lw = latent_shape
+        c, h, w = input_shape
+        kh, sh, rh = _decoder_head(lh, h)
+        kw, sw, rw = _decoder_head(lw, w)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(ch, ch, 3, stride=1), nn.BatchNorm2d(ch), nn.ReLU(),
+            nn.ConvTranspose2d(ch, ch, 4, stride=1), nn.BatchNorm2d(ch), nn.ReLU(),
+            nn.ConvTranspose2d(ch, c, (kh, kw), stride=(sh, sw)),
+        )
+        self.size = (h, w) if (rh or rw) else None
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(z)
+        if self.size is not None:
+            out = F.interpolate(out, size=self.size, mode="bilinear", align_corners=False)
+        return out
+
+
+def _check_latent_net(model: nn.Module, who: str) -> LatentNet:
+    if not isinstance(model, LatentNet):
+        raise ConfigError(
+            f"{who} needs the encoder/noise/predictor model of seed 001; got "
+            f"{type(model).__name__}. Build it with build_model('latent-net', ...)."
+        )
+    return model
+
+
+@register_training_defense("latent-perturbation")
+@dataclass
+class LatentPerturbation(TrainingDefense):
+    """Seed 001's defense: latent Gaussian noise plus a Pearson-correlation minimax.
+
+    Options:
+        noise: "fixed" (the same mean/std for every latent element) or "learnable" (per-element
+            mean/std learned in a local pre-training stage, then frozen).
+        mean, std: the fixed noise, or the initial values of the learnable one (paper: 1, 0.1).
+        lam: lambda, weight of rho in the encoder/predictor loss (CE + lambda * rho).
+        decoder_lr: the decoder's Adam lr (default: the client's lr).
+        pretrain_epochs: epochs of the learnable variant's pre-training (Algorithm 1).
+        pretrain_lr: Adam lr of the pre-training (default 3e-4; see the docs on 1e-3).
+        pretrain_batch_size: batch size of the pre-training (default 32).
+    """
+
+    noise: str = "fixed"
+    mean: float = 0.0
+    std: float = 0.1
+    lam: float = 1.0
+    decoder_lr: float | None = None
+    pretrain_epochs: int = 5
+    pretrain_lr: float = 3e-4
+    pretrain_batch_size: int = 32
+    decoders: dict[str, LatentDecoder] = field(default_factory=dict, init=False, repr=False)
+    learned: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        who = "LatentPerturbation"
+        if self.noise not in ("fixed", "learnable"):
+            raise fail("noise", who, "'fixed' or 'learnable'", self.noise)
+        check_number(self.mean, "mean", who)
+        check_number(self.std, "std", who, low=0.0)
+        check_number(self.lam, "lam", who, low=0.0)
+        if self.decoder_lr is not None:
+            check_number(self.decoder_lr, "decoder_lr", who, low=0.0, low_open=True)
+        check_positive_int(self.pretrain_epochs, "pretrain_epochs", who)
+        check_number(self.pretrain_lr, "pretrain_lr", who, low=0.0, low_open=True)
+        check_positive_int(self.pretrain_batch_size, "pretrain_batch_size", who)
+
+    # --- architecture and pre-training ------------------------------------------------------
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """A copy of the latent-net with this defense's (public) noise configuration."""
+        net = copy.deepcopy(_check_latent_net(model, "latent-perturbation"))
+        with torch.no_grad():
+            net.noise.mean.fill_(self.mean)
+            net.noise.std.fill_(self.std)
+        net.noise.set_learnable(False)
+        return net
+
+    def setup(self, model: nn.Module, clients: Sequence[ClientData], *, seed: int = 0) -> None:
+        """Learnable variant: every client learns its own noise (Algorithm 1) before FL."""
+        if self.noise != "learnable":
+            return
+        for i, data in enumerate(clients):
+            self.pretrain(model, data.images, data.labels, client_id=str(i), seed=seed + i)
+
+    def pretrain(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        client_id: str = "0",
+        seed: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Algorithm 1: learn per-element (mean, std) on local data with a fresh model.
+
+        A fresh encoder/predictor/decoder (seeded) is trained with the minimax while the noise
+        parameters learn too; afterwards only the noise is kept (for ``client_id``).
+        """
+        base = _check_latent_net(model, "latent-perturbation")
+        torch.manual_seed(seed)
+        net = latent_net(
+            _input_shape(base), base.num_classes, width=base.width, pool=base.pool
+        )
+        with torch.no_grad():
+            net.noise.mean.fill_(self.mean)
+            net.noise.std.fill_(self.std)
+        net.noise.set_learnable(True)
+        net.noise.generator = torch.Generator().manual_seed(seed + 1)
+        decoder = LatentDecoder(net.latent_shape, _input_shape(base))
+        net.train()
+        decoder.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = make_optimizer(params, "adam", lr=self.pretrain_lr)
+        dec_opt = make_optimizer(list(decoder.parameters()), "adam", lr=self.pretrain_lr)
+        n = images.shape[0]
+        b = min(self.pretrain_batch_size, n)
+        steps = self.pretrain_epochs * math.ceil(n / b)
+        gen = torch.Generator().manual_seed(seed)
+        for idx in local_batches(n, b, steps, True, gen):
+            x, y = images[idx], labels[idx]
+            self._minimax_step(net, decoder, dec_opt, x, y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        learned = (net.noise.mean.detach().clone(), net.noise.std.detach().abs().clone())
+        self.learned[client_id] = learned
+        return learned
+
+    # --- local training --------------------------------------------------------------------
+
+    def _decoder(self, net: LatentNet, client_id: str) -> LatentDecoder:
+        if client_id not in self.decoders:
+            self.decoders[client_id] = LatentDecoder(net.latent_shape, _input_shape(net))
+        return self.decoders[client_id]
+
+    def _minimax_step(
+        self,
+        net: LatentNet,
+        decoder: LatentDecoder,
+        dec_opt: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        """Decoder step (maximize rho), then the encoder/predictor loss CE + lambda * rho."""
+        z = net.perturbed_latent(x)
+        dec_opt.zero_grad(set_to_none=True)
+        (-pearson(x, decoder(z.detach())).mean()).backward()
+        dec_opt.step()
+        for p in decoder.parameters():
+            p.requires_grad_(False)
+        try:
+            rho = pearson(x, decoder(z)).mean()
+        finally:
+            for p in decoder.parameters():
+                p.requires_grad_(True)
+        return F.cross_entropy(net.predictor(z), y) + self.lam * rho
+
+    def _load_noise(self, net: nn.Module, client_id: str | None) -> None:
+        learned = self.learned.get(client_id or "")
+        if learned is not None:
+            with torch.no_grad():
+                net.noise.mean.copy_(learned[0])
+                net.noise.std.copy_(learned[1])
+        net.noise.set_learnable(False)
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **train: Any
+    ) -> ClientUpdate:
+        net0 = _check_latent_net(model, "latent-perturbation")
+        client_id = train.get("client_id") or "0"
+        if self.noise == "learnable" and client_id not in self.learned:
+            self.pretrain(net0, images, labels, client_id=client_id, seed=train.get("seed", 0))
+        decoder = self._decoder(net0, client_id)
+        decoder.train()
+        lr = float(train.get("lr", 0.01))
+        dec_opt = make_optimizer(list(decoder.parameters()), "adam", lr=self.decoder_lr or lr)
+        seed = int(train.get("seed", 0))
+
+        def prepare(net: nn.Module) -> None:
+            self._load_noise(net, client_id)
+            net.noise.generator = torch.Generator().manual_seed(seed + 7)
+
+        def objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+            return self._minimax_step(net, decoder, dec_opt, x, y)  # type: ignore[arg-type]
+
+        return local_training(model, images, labels, objective, prepare=prepare, **train)
+
+    def client_model(self, model: nn.Module, client_id: str | None = None) -> nn.Module:
+        """The global model with this client's private (learned) noise, for its own use."""
+        if self.noise != "learnable" or (client_id or "0") not in self.learned:
+            return model
+        net = copy.deepcopy(model)
+        self._load_noise(net, client_id or "0")
+        return net
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError("the latent-net has no `input_shape`; build it with build_model.")
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]

@@ -1,0 +1,339 @@
+"""One sweep cell: train with a defense (utility), probe one client's update (leakage).
+
+Runs in a worker process (spawned: nothing but plain data crosses the boundary) and returns one
+JSON-ready record; the parent process writes it. Utility is client 0's test accuracy and macro
+F1 after a small federation trained with the defense. Leakage: client 0 (the victim) sends an
+update on ``attack.num_images`` of its images after ``attack.local_epochs`` local epochs,
+trained with the same defense, from the global model at the start of ``attack.round``; the
+attack rebuilds the images, which are scored best-matched (MSE/PSNR/SSIM) and labelled by the
+undefended classifier (semantic leakage).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import fedleak
+from fedleak.data import ImageDataset, load_dataset, partition
+from fedleak.defenses import SecureAggregation, TrainingDefense, make_training_defense
+from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
+from fedleak.defenses.filters import Filter
+from fedleak.fl import ClientData, ThreatModel, federate
+from fedleak.fl.update import ClientUpdate
+from fedleak.models import build_model
+from fedleak.report import save_grid
+from fedleak.sweep.config import Cell, SweepConfig, build_defense, slug
+
+__all__ = ["classifier_path", "load_data", "run_cell", "train_classifier"]
+
+
+def load_data(cfg: SweepConfig, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Train and test splits (the test split capped at ``data.test_images``, seeded)."""
+    d = cfg.data
+    train = load_dataset(d.name, size=d.size, channels=d.channels, split="train")
+    test = load_dataset(d.name, size=d.size, channels=d.channels, split="test")
+    if d.test_images is not None and d.test_images < len(test):
+        idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+        test = test.subset(idx[: d.test_images].numpy())
+    return train, test
+
+
+def classifier_path(out: Path, cfg: SweepConfig, seed: int) -> Path:
+    """Where the undefended classifier of (data set, seed) is cached inside the sweep folder."""
+    d = cfg.data
+    name = slug(f"{d.name}-{d.size}-{d.channels}-{cfg.semantic.model}-seed{seed}")
+    return out / "classifiers" / f"{name}.pt"
+
+
+def _predict(model: nn.Module, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        parts = [model(images[s : s + batch]).argmax(1) for s in range(0, len(images), batch)]
+        return torch.cat(parts)
+
+
+def train_classifier(cfg: SweepConfig, seed: int, out: Path) -> dict[str, Any]:
+    """Train the semantic-leakage classifier once (no defense, centrally) and cache it.
+
+    Saved with ``torch.save(state_dict)``; loaded with ``weights_only=True``. Returns its test
+    accuracy (the ceiling for semantic leakage).
+    """
+    path = classifier_path(out, cfg, seed)
+    sem = cfg.semantic
+    train, test = load_data(cfg, seed)
+    torch.manual_seed(seed)
+    model = build_model(
+        sem.model, input_shape=train.image_shape, num_classes=train.num_classes, **sem.options
+    )
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=sem.lr)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(sem.epochs):
+            model.train()
+            order = torch.randperm(len(train), generator=gen)
+            for s in range(0, len(train), sem.batch_size):
+                idx = order[s : s + sem.batch_size]
+                opt.zero_grad(set_to_none=True)
+                logits = model(train.images[idx])
+                torch.nn.functional.cross_entropy(logits, train.labels[idx]).backward()
+                opt.step()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    acc = float((_predict(model, test.images) == test.labels).float().mean())
+    return {"path": str(path), "test_accuracy": acc}
+
+
+def _load_classifier(cfg: SweepConfig, seed: int, out: Path, shape: Any, k: int) -> nn.Module:
+    sem = cfg.semantic
+    model = build_model(sem.model, input_shape=shape, num_classes=k, **sem.options)
+    state = torch.load(classifier_path(out, cfg, seed), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _metrics(y_true: torch.Tensor, y_pred: torch.Tensor) -> tuple[float, float]:
+    from sklearn.metrics import f1_score
+
+    acc = float((y_true == y_pred).float().mean())
+    f1 = float(f1_score(y_true.numpy(), y_pred.numpy(), average="macro", zero_division=0))
+    return acc, f1
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str, Any]:
+    """Run one cell and return its sweep.jsonl record (the caller writes it)."""
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    cfg = SweepConfig.from_dict(config)
+    c = Cell(**cell)
+    spec = cfg.defenses[c.index]
+    out_dir = Path(out)
+    seed = c.seed
+    train_ds, test_ds = load_data(cfg, seed)
+    d, fl, atk = cfg.data, cfg.fl, cfg.attack
+    need = d.clients * d.images_per_client
+    if need > len(train_ds):
+        raise fedleak.errors.ConfigError(
+            f"`data.clients` x `data.images_per_client` = {need} exceeds the {len(train_ds)} "
+            f"training images of {d.name!r}."
+        )
+    parts = partition(
+        train_ds.labels, d.clients, scheme="sizes", sizes=[d.images_per_client] * d.clients,
+        seed=seed,
+    )
+    clients = [ClientData(train_ds.images[idx], train_ds.labels[idx]) for idx in parts]
+
+    # the defense: a trainer (training-time defense) and maybe an update filter
+    built = build_defense(spec, c.params, where=f"cell {c.id!r}")
+    filt: Filter | None = None
+    if isinstance(built, TrainingDefense):
+        defense = built
+    else:
+        defense, filt = make_training_defense("none"), built
+    torch.manual_seed(seed)
+    base = build_model(
+        cfg.model.name, input_shape=train_ds.image_shape, num_classes=train_ds.num_classes,
+        **cfg.model.options,
+    )
+    model = defense.prepare_model(base)
+    t0 = time.perf_counter()
+    defense.setup(model, clients, seed=seed)
+    setup_seconds = time.perf_counter() - t0
+
+    train = {
+        "protocol": "fedavg", "local_epochs": fl.local_epochs, "batch_size": fl.batch_size,
+        "lr": fl.lr, "optimizer": fl.optimizer, "momentum": fl.momentum, **spec.train,
+    }
+    if "local_steps" in spec.train:
+        train["local_epochs"] = None
+    filters = filt
+    if isinstance(defense, SecureAggregation):
+        filters = defense.as_filter(
+            num_clients=d.clients, clients_per_round=fl.clients_per_round,
+            sizes=[len(cd.labels) for cd in clients], federation_seed=seed,
+        )
+
+    probe: dict[str, Any] = {}
+
+    def take_probe(global_model: nn.Module) -> None:
+        probe.update(_victim_update(cfg, c, defense, filt, global_model, clients, train))
+
+    t0 = time.perf_counter()
+    if atk.round == 1:
+        take_probe(model)
+    round_acc = []
+    for res in federate(
+        model, clients, rounds=fl.rounds, clients_per_round=fl.clients_per_round, train=train,
+        seed=seed, filters=filters, trainer=defense,
+    ):
+        if res.round + 1 == atk.round:
+            take_probe(model)
+        round_acc.append(res.round)
+    train_seconds = time.perf_counter() - t0
+
+    # utility: client 0's model (its private view of the global model) on the test set
+    pred = _predict(defense.client_model(model, "0"), test_ds.images)
+    accuracy, f1 = _metrics(test_ds.labels, pred)
+
+    # leakage: attack the probe update
+    t0 = time.perf_counter()
+    leak = _attack(cfg, c, probe, out_dir, train_ds)
+    attack_seconds = time.perf_counter() - t0
+
+    record: dict[str, Any] = {
+        "id": c.id,
+        "defense": c.defense,
+        "method": c.method,
+        "params": c.params,
+        "options": spec.options,
+        "seed": seed,
+        "accuracy": accuracy,
+        "f1": f1,
+        **leak,
+    }
+    if isinstance(defense, DPSGD):
+        acct = defense.accounting("0")
+        record.update({
+            "epsilon": _finite(acct["epsilon"]),
+            "delta": acct["delta"],
+            "noise_multiplier": acct["noise_multiplier"],
+            "max_grad_norm": acct["max_grad_norm"],
+            "sample_rate": acct["sample_rate"],
+            "dp_steps": acct["steps"],
+            "accountant": acct["accountant"],
+            "probe_epsilon": _finite(probe["dp"]["epsilon"]),
+        })
+    record.update({
+        "setup_seconds": round(setup_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "attack_seconds": round(attack_seconds, 2),
+        "seconds": round(time.perf_counter() - t_start, 2),
+    })
+    return record
+
+
+def _victim_update(
+    cfg: SweepConfig,
+    c: Cell,
+    defense: TrainingDefense,
+    filt: Filter | None,
+    global_model: nn.Module,
+    clients: list[ClientData],
+    train: dict[str, Any],
+) -> dict[str, Any]:
+    """The update(s) the attacker gets, from a copy of the defense (the FL run is untouched)."""
+    atk = cfg.attack
+    k = atk.num_images
+    opts = {
+        **train, "local_epochs": atk.local_epochs, "local_steps": None,
+        "batch_size": atk.batch_size or k,
+    }
+    if atk.lr is not None:
+        opts["lr"] = atk.lr
+    if atk.optimizer is not None:
+        opts["optimizer"] = atk.optimizer
+    snapshot = copy.deepcopy(global_model)
+    victim = copy.deepcopy(defense)
+    seed = c.seed * 1_000_003 + 12_345
+    if isinstance(victim, SecureAggregation):
+        cohort = list(range(min(victim.cohort, len(clients))))
+        updates = {
+            i: victim(snapshot, clients[i].images[:k], clients[i].labels[:k], seed=seed + i,
+                      client_id=str(i), round=atk.round, **opts)
+            for i in cohort
+        }
+        masked = victim.mask(updates, round=atk.round)
+        images = torch.cat([clients[i].images[:k] for i in cohort])
+        labels = torch.cat([clients[i].labels[:k] for i in cohort])
+        agg = victim.unmask(masked, num_samples=len(labels))
+        # the attacker models the cohort as one client holding all of its images
+        t = updates[cohort[0]].training
+        assert t is not None
+        n = len(labels)
+        agg = agg.replace(training=t.__class__.from_dict(
+            {**t.to_dict(), "batch_size": n, "batch_sizes": [n] * t.local_steps}
+        ))
+        masked_corr = _correlation(masked[cohort[0]], updates[cohort[0]])
+        return {"update": agg, "images": images, "labels": labels, "model": snapshot,
+                "extra": {"cohort": len(cohort), "masked_correlation": masked_corr}}
+    images, labels = clients[0].images[:k], clients[0].labels[:k]
+    update = victim(snapshot, images, labels, seed=seed, client_id="0", round=atk.round, **opts)
+    if filt is not None:
+        update = filt(update, generator=torch.Generator().manual_seed(seed))
+    out: dict[str, Any] = {"update": update, "images": images, "labels": labels,
+                           "model": snapshot, "extra": {}}
+    if isinstance(victim, DPSGD):
+        t = update.training
+        assert t is not None
+        rate = min(1.0, t.batch_size / k)
+        out["dp"] = {"epsilon": dp_epsilon(victim.noise_multiplier, rate, t.local_steps,
+                                           victim.delta, victim.accountant)}
+    return out
+
+
+def _correlation(masked: ClientUpdate, plain: ClientUpdate) -> float:
+    """Pearson correlation of a masked update with the true one (about 0: it looks random)."""
+    a = torch.cat([v.flatten().double() for v in masked.tensors.values()])
+    b = torch.cat([plain.tensors[k].flatten().double() for k in masked.tensors])
+    return float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
+
+
+def _attack(
+    cfg: SweepConfig, c: Cell, probe: dict[str, Any], out: Path, train_ds: ImageDataset
+) -> dict[str, Any]:
+    atk = cfg.attack
+    images, labels = probe["images"], probe["labels"]
+    threat = ThreatModel(atk.threat, labels=labels if atk.grant_labels else None)
+    result: dict[str, Any] = {
+        "attack": atk.name, "num_images": len(labels), **probe["extra"],
+    }
+    classifier = None
+    if cfg.semantic.enabled:
+        classifier = _load_classifier(cfg, c.seed, out, train_ds.image_shape, train_ds.num_classes)
+    specs = [(atk.name, atk.options, "")] + [
+        (s.name, s.options, f"{s.name}_") for s in atk.extra
+    ]
+    for name, options, prefix in specs:
+        rec = fedleak.attack(
+            name, probe["model"], probe["update"], threat=threat, num_images=len(labels),
+            seed=c.seed, **options,
+        )
+        sc = fedleak.score(rec, images, labels=labels)
+        part: dict[str, Any] = {
+            "psnr": sc["psnr"], "ssim": sc["ssim"], "mse": sc["mse"], "flat_psnr": sc["flat_psnr"],
+            "label_accuracy": sc.get("label_accuracy"), "attack_loss": _finite(
+                rec.restart_losses[rec.best_restart] if rec.restart_losses else None
+            ),
+            "iterations": rec.iterations,
+        }
+        pairs = sc["pairing"]
+        order = [r for r, _ in pairs]
+        if classifier is not None:
+            pred = _predict(classifier, rec.images)
+            hits = [int(pred[r]) == int(labels[o]) for r, o in pairs]
+            part["semantic_accuracy"] = float(np.mean(hits)) if hits else None
+        grid = out / "grids" / f"{slug(c.id)}{'-' + name if prefix else ''}.png"
+        save_grid(
+            grid, [images[[o for _, o in pairs]], rec.images[order]],
+            row_titles=["original", "reconstruction"],
+            captions=[None, [f"{p:.1f} dB" for p in sc["psnr_per_image"]]],
+            title=f"{c.id}: {name}",
+        )
+        part["grid"] = str(grid.relative_to(out))
+        result.update({f"{prefix}{k}": v for k, v in part.items()})
+    return result

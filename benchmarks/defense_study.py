@@ -117,44 +117,45 @@ def print_baseline(
 
 
 def print_matched(cv: dict[str, list[dict[str, Any]]]) -> None:
+    """Latent perturbation vs each baseline where both curves reach the same accuracy."""
     print("\n== At matched client accuracy: latent perturbation vs DP-SGD and BiDO ==")
-    compared = [d for d in (*LATENT, *BASELINES) if d in cv]
     if not any(d in cv for d in LATENT) or not any(d in cv for d in BASELINES):
         print("needs latent-* and dp-sgd/bido curves")
         return
-    # the highest accuracy every compared curve reaches (and 0.9 when all reach it)
-    lo = max(min(p["accuracy"] for p in cv[d]) for d in compared)
-    hi = min(max(p["accuracy"] for p in cv[d]) for d in compared)
-    targets = sorted({round(hi, 4), *([0.9] if lo <= 0.9 <= hi else [])}, reverse=True)
-    if lo > hi:
-        print(f"the curves do not overlap in accuracy (common range empty: {lo:.3f} > {hi:.3f});"
-              " comparing each defense's most accurate point instead")
-        targets = []
-    for target in targets:
-        print(f"\n-- at client accuracy {target:.3f} (linear interpolation along each curve) --")
-        vals = {d: {k: at_accuracy(cv[d], target, k) for k in MEASURES} for d in compared}
-        for d in compared:
-            v = vals[d]
-            print(f"{d:<18} MSE {_fmt(v['mse'], '.4f')}  PSNR {_fmt(v['psnr'], '.2f')}  "
-                  f"SSIM {_fmt(v['ssim'])}  semantic acc {_fmt(v['semantic_accuracy'], '.2f')}")
-        for ld in (d for d in LATENT if d in vals):
-            for bd in (d for d in BASELINES if d in vals):
-                a, b = vals[ld], vals[bd]
-                parts = []
-                if a["mse"] and b["mse"]:
-                    parts.append(f"MSE {100 * (a['mse'] - b['mse']) / b['mse']:+.1f} %")
-                if a["psnr"] is not None and b["psnr"] is not None:
-                    parts.append(f"PSNR {a['psnr'] - b['psnr']:+.2f} dB")
-                if a["semantic_accuracy"] is not None and b["semantic_accuracy"] is not None:
-                    diff = 100 * (a["semantic_accuracy"] - b["semantic_accuracy"])
-                    parts.append(f"attacker classification accuracy {diff:+.1f} points")
-                print(f"  {ld} vs {bd}: " + ", ".join(parts))
-    if not targets:
-        for d in compared:
-            p = cv[d][-1]
-            print(f"{d:<18} acc {_fmt(p['accuracy'])} MSE {_fmt(p['mse'], '.4f')} "
-                  f"PSNR {_fmt(p['psnr'], '.2f')} "
-                  f"semantic acc {_fmt(p['semantic_accuracy'], '.2f')}")
+    for ld in (d for d in LATENT if d in cv):
+        for bd in (d for d in BASELINES if d in cv):
+            a_pts, b_pts = cv[ld], cv[bd]
+            lo = max(a_pts[0]["accuracy"], b_pts[0]["accuracy"])
+            hi = min(a_pts[-1]["accuracy"], b_pts[-1]["accuracy"])
+            if lo > hi:  # no common accuracy: say who dominates
+                above = b_pts[0]["accuracy"] > a_pts[-1]["accuracy"]  # baseline more accurate
+                a, b = (a_pts[-1], b_pts[0]) if above else (a_pts[0], b_pts[-1])
+                print(
+                    f"{ld} vs {bd}: no common accuracy ({ld} {a_pts[0]['accuracy']:.3f}-"
+                    f"{a_pts[-1]['accuracy']:.3f}, {bd} {b_pts[0]['accuracy']:.3f}-"
+                    f"{b_pts[-1]['accuracy']:.3f}); nearest points: {ld} acc {a['accuracy']:.3f} "
+                    f"MSE {_fmt(a['mse'], '.4f')} PSNR {_fmt(a['psnr'], '.2f')} semantic "
+                    f"{_fmt(a['semantic_accuracy'], '.2f')} | {bd} acc {b['accuracy']:.3f} MSE "
+                    f"{_fmt(b['mse'], '.4f')} PSNR {_fmt(b['psnr'], '.2f')} semantic "
+                    f"{_fmt(b['semantic_accuracy'], '.2f')}"
+                )
+                continue
+            target = hi  # the highest accuracy both curves reach
+            va = {k: at_accuracy(a_pts, target, k) for k in MEASURES}
+            vb = {k: at_accuracy(b_pts, target, k) for k in MEASURES}
+            parts = []
+            if va["mse"] and vb["mse"]:
+                parts.append(f"MSE {va['mse']:.4f} vs {vb['mse']:.4f} "
+                             f"({100 * (va['mse'] - vb['mse']) / vb['mse']:+.1f} %)")
+            if va["psnr"] is not None and vb["psnr"] is not None:
+                parts.append(f"PSNR {va['psnr']:.2f} vs {vb['psnr']:.2f} dB "
+                             f"({va['psnr'] - vb['psnr']:+.2f})")
+            if va["semantic_accuracy"] is not None and vb["semantic_accuracy"] is not None:
+                diff = 100 * (va["semantic_accuracy"] - vb["semantic_accuracy"])
+                parts.append(f"attacker classification accuracy {va['semantic_accuracy']:.2f} vs "
+                             f"{vb['semantic_accuracy']:.2f} ({diff:+.1f} points)")
+            print(f"{ld} vs {bd} at client accuracy {target:.3f} (interpolated): "
+                  + "; ".join(parts))
 
 
 def main() -> None:

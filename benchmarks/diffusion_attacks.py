@@ -21,6 +21,7 @@ Grids (originals / phase 1 / final) and a JSON of all numbers go to ``--out`` (d
 
     python benchmarks/diffusion_attacks.py            # full run (long on a busy 2-core CPU)
     python benchmarks/diffusion_attacks.py --quick    # smoke run: small prior, 2 trials
+    python benchmarks/diffusion_attacks.py --resume   # continue a killed run (same settings)
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-c", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip", default="", help="experiments to skip, e.g. 'A,C'")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse trials a killed run with the same settings finished")
     return p.parse_args()
 
 
@@ -97,6 +100,34 @@ def get_prior(args: argparse.Namespace, public: torch.Tensor, steps: int) -> tup
     save_model(model, path, info=info)
     print(f"  trained in {seconds:.0f} s -> {path}")
     return model, {"path": str(path), "trained_now": True, **info}
+
+
+class Progress:
+    """Finished trials (numbers and images), saved after each one so ``--resume`` can skip them.
+
+    Why: a full run takes an hour or more on a shared 2-core CPU; a killed run should not start
+    over. Entries are reused only when the settings they were measured with are identical.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any], resume: bool) -> None:
+        self.path, self.key = path, json.dumps(settings, sort_keys=True, default=str)
+        self.rows: dict[str, str] = {}
+        self.images: dict[str, dict[str, torch.Tensor]] = {}
+        if resume and path.is_file():
+            saved = torch.load(path, weights_only=True)
+            if saved.get("settings") == self.key:
+                self.rows, self.images = dict(saved["rows"]), dict(saved["images"])
+                print(f"resuming: {len(self.rows)} finished trial(s) from {path}")
+
+    def get(self, key: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        if key not in self.rows:
+            return None
+        return json.loads(self.rows[key]), self.images[key]
+
+    def put(self, key: str, row: dict[str, Any], images: dict[str, torch.Tensor]) -> None:
+        self.rows[key] = json.dumps(row)
+        self.images[key] = {k: v.detach().cpu() for k, v in images.items()}
+        torch.save({"settings": self.key, "rows": self.rows, "images": self.images}, self.path)
 
 
 def victim(seed: int) -> UNet:
@@ -169,9 +200,48 @@ def experiment_a(args: argparse.Namespace, private: torch.Tensor, trials: int) -
     return {"rows": rows, "psnr_mean": statistics.fmean(r["psnr"] for r in rows)}
 
 
-def experiment_b(args: argparse.Namespace, private: torch.Tensor, prior: Any, cfg: dict) -> dict:
-    trials, restarts, total = cfg["trials"], cfg["restarts"], cfg["iterations"]
+def trial_b(
+    k: int, x: torch.Tensor, prior: Any, cfg: dict, common: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """One private-noise client: gidm-plus, the no-prior baseline and the other t searches."""
+    total = cfg["iterations"]
     p1 = total // 3
+    model = victim(100 + k)
+    t, eps = client_noise(1, 100 + k)
+    upd = diffusion_update(model, x, t=t, epsilon=eps, share_noise=False, schedule=SCHEDULE,
+                           prediction=PREDICTION)
+    assert not upd.shared
+    row: dict[str, Any] = {"t": t.item()}
+    start = time.perf_counter()
+    rec = fedleak.attack(
+        "gidm-plus", model, upd, threat=ThreatModel("D"), prior_model=prior,
+        phase1_iterations=p1, phase2_iterations=total - p1, ddim_steps=cfg["ddim_steps"],
+        **common,
+    )
+    row["gidm_plus"] = {**scored(rec, x), "t": rec.extras["t"][0],
+                        "t_distances": rec.extras["t_distances"][0],
+                        "phase1_psnr": scored(rec.extras["phase1_images"], x)["psnr"],
+                        "seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    base = fedleak.attack("diffusion-ig", model, upd, joint_noise=True, iterations=total, **common)
+    row["no_prior"] = {**scored(base, x), "t": base.extras["t"][0],
+                       "seconds": time.perf_counter() - start}
+    resid, _ = embedding_residuals(model, dict(upd.tensors), range(SCHEDULE.steps), 1)
+    row["t_embedding"] = int(resid.argmin())
+    if cfg["relaxed"]:
+        relaxed = fedleak.attack(
+            "diffusion-ig", model, upd, joint_noise=True, iterations=1, t_search="relaxed",
+            t_candidates=[1, 5, 10, 14], search_iterations=150, seed=0,
+        )
+        row["t_relaxed"] = relaxed.extras["t"][0]
+    imgs = {"phase1": rec.extras["phase1_images"], "final": rec.images, "no_prior": base.images}
+    return row, imgs
+
+
+def experiment_b(
+    args: argparse.Namespace, private: torch.Tensor, prior: Any, cfg: dict, progress: Progress
+) -> dict:
+    trials, restarts, total = cfg["trials"], cfg["restarts"], cfg["iterations"]
     print(f"\nB. eps and t private, batch 1, {trials} clients: gidm-plus vs no prior "
           f"({restarts} restarts, t search + {total} iterations each)")
     common = {"restarts": restarts, "t_search": "enumerate", "seed": 0}
@@ -179,46 +249,24 @@ def experiment_b(args: argparse.Namespace, private: torch.Tensor, prior: Any, cf
     originals, phase1s, finals, baselines = [], [], [], []
     for k in range(trials):
         x = pick(private, 1, 100 + k)
-        model = victim(100 + k)
-        t, eps = client_noise(1, 100 + k)
-        upd = diffusion_update(model, x, t=t, epsilon=eps, share_noise=False, schedule=SCHEDULE,
-                               prediction=PREDICTION)
-        assert not upd.shared
-        row: dict[str, Any] = {"t": t.item()}
-        start = time.perf_counter()
-        rec = fedleak.attack(
-            "gidm-plus", model, upd, threat=ThreatModel("D"), prior_model=prior,
-            phase1_iterations=p1, phase2_iterations=total - p1, ddim_steps=cfg["ddim_steps"],
-            **common,
-        )
-        row["gidm_plus"] = {**scored(rec, x), "t": rec.extras["t"][0],
-                            "phase1_psnr": scored(rec.extras["phase1_images"], x)["psnr"],
-                            "seconds": time.perf_counter() - start}
-        start = time.perf_counter()
-        base = fedleak.attack(
-            "diffusion-ig", model, upd, joint_noise=True, iterations=total, **common,
-        )
-        row["no_prior"] = {**scored(base, x), "t": base.extras["t"][0],
-                           "seconds": time.perf_counter() - start}
-        resid, _ = embedding_residuals(model, dict(upd.tensors), range(SCHEDULE.steps), 1)
-        row["t_embedding"] = int(resid.argmin())
-        if cfg["relaxed"]:
-            relaxed = fedleak.attack(
-                "diffusion-ig", model, upd, joint_noise=True, iterations=1, t_search="relaxed",
-                t_candidates=[1, 5, 10, 14], search_iterations=150, seed=0,
-            )
-            row["t_relaxed"] = relaxed.extras["t"][0]
+        done = progress.get(f"B{k}")
+        if done is not None:
+            row, imgs = done
+        else:
+            row, imgs = trial_b(k, x, prior, cfg, common)
+            progress.put(f"B{k}", row, imgs)
         rows.append(row)
         g, b = row["gidm_plus"], row["no_prior"]
         print(f"  client {k}: t={row['t']:2d} | gidm-plus t={g['t']:2d} PSNR {fmt(g['psnr'])} "
               f"(phase 1 {fmt(g['phase1_psnr'])}) {g['seconds']:4.0f} s | no prior "
               f"t={b['t']:2d} PSNR {fmt(b['psnr'])} {b['seconds']:4.0f} s | flat "
               f"{fmt(g['flat_psnr'])} | t embedding {row['t_embedding']:2d}"
-              + (f", relaxed {row['t_relaxed']:2d}" if "t_relaxed" in row else ""), flush=True)
+              + (f", relaxed {row['t_relaxed']:2d}" if "t_relaxed" in row else "")
+              + (" (resumed)" if done is not None else ""), flush=True)
         originals.append(x)
-        phase1s.append(rec.extras["phase1_images"])
-        finals.append(rec.images)
-        baselines.append(base.images)
+        phase1s.append(imgs["phase1"])
+        finals.append(imgs["final"])
+        baselines.append(imgs["no_prior"])
     save_grid(
         args.out / "diffusion_B_private_noise.png",
         [torch.cat(originals), torch.cat(phase1s), torch.cat(finals), torch.cat(baselines)],
@@ -255,7 +303,9 @@ def experiment_b(args: argparse.Namespace, private: torch.Tensor, prior: Any, cf
     return out
 
 
-def experiment_c(args: argparse.Namespace, private: torch.Tensor, prior: Any, cfg: dict) -> dict:
+def experiment_c(
+    args: argparse.Namespace, private: torch.Tensor, prior: Any, cfg: dict, progress: Progress
+) -> dict:
     n, total, trials = args.batch_c, cfg["c_iterations"], cfg["c_trials"]
     p1 = total // 3
     print(f"\nC. eps and t shared, batch {n}: gidm vs its phase 1 alone vs no prior, "
@@ -268,11 +318,18 @@ def experiment_c(args: argparse.Namespace, private: torch.Tensor, prior: Any, cf
     rows = []
     for k in range(trials):
         x = pick(private, n, 200 + k)
+        done = progress.get(f"C{k}")
+        if done is not None:
+            row, imgs = done
+            rows.append(row)
+            grid = [imgs[str(i)] for i in range(len(imgs))]
+            report_c(row, runs, total, k, args, n, grid, resumed=True)
+            continue
         model = victim(200 + k)
         t, eps = client_noise(n, 200 + k)
         upd = diffusion_update(model, x, t=t, epsilon=eps, share_noise=True, schedule=SCHEDULE,
                                prediction=PREDICTION)
-        row: dict[str, Any] = {"t": t.tolist()}
+        row = {"t": t.tolist()}
         grid = [x]
         for label, (name, opts) in runs.items():
             points, callback = curve_recorder(x)
@@ -291,25 +348,32 @@ def experiment_c(args: argparse.Namespace, private: torch.Tensor, prior: Any, cf
                 row[label]["phase1_psnr"] = scored(rec.extras["phase1_images"], x)["psnr"]
                 grid.append(rec.extras["phase1_images"][order])  # the same slots, phase 1
             grid.append(rec.images[order])
+        progress.put(f"C{k}", row, {str(i): g for i, g in enumerate(grid)})
         rows.append(row)
-        marks = sorted({max(EVERY, total // 4 // EVERY * EVERY), total // 2 // EVERY * EVERY,
-                        total})
-        print(f"  trial {k} (flat {fmt(row['gidm']['flat_psnr'])}):")
-        for label in runs:
-            curve = row[label]["curve"]
-            print(f"    {label:13s} final PSNR {fmt(row[label]['psnr'])}  SSIM "
-                  f"{row[label]['ssim']:.3f}  | at " + ", ".join(
-                      f"{m}: {fmt(at(curve, m))}" for m in marks)
-                  + f"  {row[label]['seconds']:.0f} s", flush=True)
-        save_grid(args.out / f"diffusion_C_gidm_b{n}_{k}.png", grid,
-                  row_titles=["original", "gidm phase 1", "gidm final", "phase 1 only",
-                              "no prior"])
+        report_c(row, runs, total, k, args, n, grid, resumed=False)
 
     def mean(label: str, key: str = "psnr") -> float:
         return statistics.fmean(r[label][key] for r in rows)
 
     return {"rows": rows, "batch": n, "iterations": total,
             **{f"{label}_psnr_mean": mean(label) for label in runs}}
+
+
+def report_c(
+    row: dict[str, Any], runs: dict, total: int, k: int, args: argparse.Namespace, n: int,
+    grid: list[torch.Tensor], resumed: bool,
+) -> None:
+    """Print one C trial (final PSNR and PSNR along the way) and save its grid."""
+    marks = sorted({max(EVERY, total // 4 // EVERY * EVERY), total // 2 // EVERY * EVERY, total})
+    print(f"  trial {k} (flat {fmt(row['gidm']['flat_psnr'])}){' (resumed)' if resumed else ''}:")
+    for label in runs:
+        curve = [tuple(p) for p in row[label]["curve"]]
+        print(f"    {label:13s} final PSNR {fmt(row[label]['psnr'])}  SSIM "
+              f"{row[label]['ssim']:.3f}  | at " + ", ".join(
+                  f"{m}: {fmt(at(curve, m))}" for m in marks)
+              + f"  {row[label]['seconds']:.0f} s", flush=True)
+    save_grid(args.out / f"diffusion_C_gidm_b{n}_{k}.png", grid,
+              row_titles=["original", "gidm phase 1", "gidm final", "phase 1 only", "no prior"])
 
 
 def main() -> None:
@@ -344,10 +408,15 @@ def main() -> None:
                                "settings": cfg}
     if "A" not in skip:
         results["A"] = experiment_a(args, private, 1 if quick else 3)
+    progress = Progress(
+        args.out / "diffusion_progress.pt",
+        {**cfg, "data": args.data, "prior": prior_info.get("path"), "batch_c": args.batch_c},
+        args.resume,
+    )
     if "B" not in skip:
-        results["B"] = experiment_b(args, private, prior, cfg)
+        results["B"] = experiment_b(args, private, prior, cfg, progress)
     if "C" not in skip:
-        results["C"] = experiment_c(args, private, prior, cfg)
+        results["C"] = experiment_c(args, private, prior, cfg, progress)
     print_table(results)
     path = args.out / "diffusion_attacks.json"
     path.write_text(json.dumps(results, indent=1, default=str))

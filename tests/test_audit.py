@@ -107,3 +107,45 @@ def test_self_check_withholds_exactly_the_updates_above_threshold(tmp_path):
     withheld = {(c["round"], c["client"]) for c in checks if c["withheld"]}
     assert not audited & withheld
     assert json.loads((tmp_path / "sc" / "summary.json").read_text())["withheld"] == len(withheld)
+
+
+DIFFUSION = [
+    "task=diffusion",
+    "data.name=digits",
+    "data.size=8",
+    "federation.rounds=2",
+    'federation.clients=[{"images": 1}, {"images": 3}]',
+    'federation.train={"protocol": "fedsgd", "lr": 0.05}',
+    "audit.clients=[0]",
+    "audit.every=2",
+]
+
+
+def test_diffusion_audit_scores_t_and_reuses_its_trained_prior(tmp_path):
+    """Seed 002 as an audit: a UNet federation, test loss per round, gidm-plus with a prior."""
+    cfg = load_config(None, DIFFUSION)
+    assert (cfg.model.name, cfg.audit.attack) == ("unet", "diffusion-ig")
+    with pytest.raises(ConfigError, match="threat"):
+        load_config(None, [*DIFFUSION, "audit.attack=gidm-plus"])
+    with pytest.raises(ConfigError, match="share_noise"):
+        load_config(None, [*DIFFUSION, "audit.attack=gidm", "audit.threat=D"])
+    with pytest.raises(ConfigError, match="self-check"):
+        load_config(None, [*DIFFUSION, "selfcheck.enabled=true"])
+
+    cfg = load_config(None, [
+        *DIFFUSION, "audit.attack=gidm-plus", "audit.threat=D", "diffusion.prior_steps=20",
+        'audit.options={"phase1_iterations": 10, "phase2_iterations": 60, "restarts": 1,'
+        ' "search_iterations": 30}',
+    ])
+    out = tmp_path / "dif"
+    summary = run_audit(cfg, out)
+    rounds = read_jsonl(out / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2] and summary["task"] == "diffusion"
+    assert all(r["accuracy"] is None and r["test_loss"] > 0 for r in rounds)
+    (rec,) = read_jsonl(out / "leakage.jsonl")
+    assert rec["t_accuracy"] == 1.0 and rec["label_accuracy"] is None
+    assert (out / "prior_model.pt").is_file() and (out / rec["grid"]).is_file()
+    # the trained prior is reused, not retrained, when the run goes on
+    stamp = (out / "prior_model.pt").stat().st_mtime_ns
+    run_audit(cfg, out, resume=True)
+    assert (out / "prior_model.pt").stat().st_mtime_ns == stamp

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from torch import nn
@@ -219,6 +223,25 @@ def test_unknown_option_lists_valid_ones() -> None:
     ]
     with pytest.raises(ConfigError, match="norm, std, width; got 'hidden'"):
         build_model("resnet20", input_shape=(1, 32, 32), num_classes=2, hidden=(3,))
+
+
+def test_latent_net_is_registered_without_the_defenses() -> None:
+    """``latent-net`` is a model of ``fedleak.models``: no import of ``fedleak.defenses`` needed."""
+    code = textwrap.dedent(
+        """
+        import sys
+
+        import torch
+        from fedleak.models import available_models, build_model
+        assert "latent-net" in available_models()
+        model = build_model("latent-net", input_shape=(1, 8, 8), num_classes=3, width=2, pool=2)
+        assert model(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+        assert not any(m.startswith("fedleak.defenses") for m in sys.modules), "defenses loaded"
+        print(type(model).__module__)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "fedleak.models.latent"
 
 
 @pytest.mark.parametrize(

@@ -139,13 +139,7 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 def register_attack(name: str, *, force: bool = False) -> Callable[[type[Attack]], type[Attack]]:
     """Class decorator: register an attack under ``name`` (also sets ``cls.name``)."""
-
-    def deco(cls: type[Attack]) -> type[Attack]:
-        cls.name = name
-        ATTACKS.add(name, cls, force=force)
-        return cls
-
-    return deco
+    return ATTACKS.register_class(name, force=force)
 
 
 def available_attacks() -> list[str]:

@@ -7,7 +7,7 @@ running statistics after its K local steps. Their change from the global model r
 a leading vmapped dimension)::
 
     update_weight * D(replay(x), delta)              # the client's K local steps, replayed
-  + bn_weight * sum_layers ||mu(x) - mu*||_2 + ||var(x) - var*||_2
+  + bn_weight * sum_layers w_l (||mu(x) - mu*||_2 + ||var(x) - var*||_2)   # w_1 = bn_first
   + tv_weight * TV(x) + l2_weight * mean_i ||x_i - 0.5||_2
   + prior_weight * mean((x - prior)^2)               # only with a prior image (level D)
 
@@ -28,6 +28,13 @@ Choices, and what differs from the public code:
   step's parameters and batch, and combined with the same weights m (1 - m)^(K - k) as the
   running buffers, in PyTorch's unbiased variance scale: exact for any batch sizes, so the
   true images give zero BN loss when the replay reproduces the client's batch order.
+* The first BN layer's term is weighted ``bn_first`` (10, DeepInversion's
+  ``first_bn_multiplier``, on which the paper's code builds): its statistics are the ones
+  closest to the pixels, but their norms are ~10x smaller than those of deeper layers.
+* The client's batch order is unknown and the replay puts candidate i in slot i's batch, so
+  restarts (a vmapped leading dimension) cycle through the distinct spreads of the labels over
+  the local batches (:func:`fedleak.attacks.labels.label_arrangements`); the restart with the
+  lowest attack loss wins.
 * The prior term is ours (the paper only starts from the prior); set ``prior_weight=0`` to
   drop it. With a prior the start is prior + ``init_noise`` Gaussian noise so that images of
   the same batch and label can separate.
@@ -57,6 +64,7 @@ from fedleak.attacks.simulate import (
     UpdateSimulator,
     _batch_bounds,
     _default_sizes,
+    replay_steps,
     soft_cross_entropy,
 )
 from fedleak.errors import ConfigError, InsufficientKnowledgeError, UpdateError
@@ -118,37 +126,11 @@ class StatsReplay(UpdateSimulator):
         self, cfg: TrainingConfig
     ) -> Callable[[torch.Tensor, torch.Tensor], tuple[Tensors, list[StepStats]]]:
         bounds = _batch_bounds(cfg.batch_sizes or _default_sizes(cfg))
-        lr, mom, wd = cfg.lr, cfg.momentum, cfg.weight_decay
-        b1, b2 = cfg.betas
         g = grad(self._loss_with_stats, has_aux=True)
 
         def replay(x: torch.Tensor, y: torch.Tensor) -> tuple[Tensors, list[StepStats]]:
-            n = x.shape[0]
-            p = dict(self.params)  # always the fixed global parameters: no drift
-            buf: Tensors = {}
-            m1: Tensors = {}
-            m2: Tensors = {}
-            per_step: list[StepStats] = []
-            for step, (s, e) in enumerate(bounds, start=1):
-                s, e = s % n, (e - 1) % n + 1
-                gr, stats = g(p, x[s:e], y[s:e])
-                per_step.append(stats)
-                new = {}
-                for k in p:
-                    d = gr[k] + wd * p[k] if wd else gr[k]
-                    if cfg.optimizer == "sgd":
-                        if mom:
-                            buf[k] = d if k not in buf else mom * buf[k] + d
-                            d = buf[k]
-                        new[k] = p[k] - lr * d
-                    else:  # adam
-                        m1[k] = (1 - b1) * d if k not in m1 else b1 * m1[k] + (1 - b1) * d
-                        m2[k] = (1 - b2) * d * d if k not in m2 else b2 * m2[k] + (1 - b2) * d * d
-                        mh = m1[k] / (1 - b1**step)
-                        vh = m2[k] / (1 - b2**step)
-                        new[k] = p[k] - lr * mh / (vh.sqrt() + 1e-8)
-                p = new
-            return {k: p[k] - self.params[k] for k in p}, per_step
+            # always from the fixed global parameters: no drift
+            return replay_steps(cfg, bounds, self.params, x, y, g)
 
         return replay
 
@@ -189,7 +171,7 @@ class BNFedAvg(Attack):
     metric: str = "l2"
     update_weight: float = 1.0
     bn_weight: float = 0.1
-    bn_first: float = 1.0
+    bn_first: float = 10.0
     tv_weight: float = 1e-4
     l2_weight: float = 1e-5
     prior_weight: float = 1e-2

@@ -701,9 +701,14 @@ class DiffusionIG(Attack):
             lowest attack loss wins).
         metric: "l2" (relative squared distance) or "cosine".
         tv: total-variation weight. joint_noise, eps_prior: see above.
-        t, t_candidates, t_search, search_iterations, search_restarts: the t search (private
-            noise only); the search's iterations are extra to ``iterations``, and the main run
-            continues from the search's best candidate.
+        t: the timesteps (one int, or one per image) instead of a search.
+        t_search: "enumerate" (default: one short attack per candidate in ``t_candidates``,
+            default all T, ``search_iterations`` x ``search_restarts`` each, all batched),
+            "embedding" (closed form) or "relaxed" (continuous t); see the module docstring.
+        search_layers: "time" (the short attacks match the time-conditioning tensors only,
+            default) or "all". The search's iterations are extra to ``iterations``; with
+            ``search_layers="all"`` the main run continues from the search's best candidate.
+    Extras: ``t`` (used or recovered, one per image), ``t_distances``, ``eps`` (if optimized).
     """
 
     iterations: int = 600
@@ -931,11 +936,15 @@ class GIDMPlus(_GIDMBase):
     """GIDM+: the client's eps and t are private; recover t, then GIDM with eps optimized too.
 
     Knowledge as "gidm" (levels C and D, ``prior_model``); needs nothing from
-    ``update.shared`` (and ignores it). t is recovered per image (``t_search``):
-    "enumerate" runs a short joint (image, eps) attack per candidate timestep and keeps the
-    lowest gradient distance; "relaxed" optimizes a continuous t per image. ``t=`` skips the
-    search. eps starts from the search's estimate and is optimized in both phases with an
-    ``eps_prior`` x Gaussian NLL term.
+    ``update.shared`` (and ignores it). t is recovered per image (``t_search``, options as in
+    "diffusion-ig"): "enumerate" (default) runs a short joint (image, eps) attack per candidate
+    timestep on the time-conditioning tensors and keeps the lowest gradient distance;
+    "embedding" reads it in closed form; "relaxed" optimizes a continuous t. ``t=`` skips the
+    search. eps is optimized in both phases with an ``eps_prior`` x Gaussian NLL term (from the
+    search's estimate when the search matched all tensors, else from N(0, I));
+    ``search_prior=True`` runs the short attacks through the prior's generator too.
+    Defaults (8 restarts, K = 8 DDIM steps, 200 + 400 iterations) are those measured in
+    ``benchmarks/diffusion_attacks.py``.
 
     Extras: ``t`` (recovered, one per image), ``t_distances`` (per image, per candidate),
     ``phase1_images``, ``eps``.

@@ -38,13 +38,11 @@ from torch import nn
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
 from fedleak.attacks.inverting import (
     LayerSpec,
-    attack_labels,
-    check_common,
+    check_matching,
     clamp_images,
     finish,
-    initial_images,
-    matching_setup,
     normalize_layers,
+    start_matching,
 )
 from fedleak.attacks.optimize import lr_factor, optimize, total_variation
 from fedleak.attacks.simulate import attack_model, gradient_distance
@@ -144,15 +142,8 @@ class GradInversion(Attack):
     requires = frozenset({"architecture", "training_details"})
 
     def __post_init__(self) -> None:
-        check_common(
-            self.name, iterations=self.iterations, restarts=self.restarts, lr=self.lr,
-            init=self.init, fedavg=self.fedavg, schedule=self.schedule,
-            layer_weights=self.layer_weights,
-            **{
-                f"w:{k}": getattr(self, k)
-                for k in ("grad_weight", "bn_weight", "tv", "l2", "langevin", "group_consistency")
-            },
-        )
+        weights = ("grad_weight", "bn_weight", "tv", "l2", "langevin", "group_consistency")
+        check_matching(self, **{k: getattr(self, k) for k in weights})
         if not (isinstance(self.group_start, int | float) and 0 <= self.group_start <= 1):
             raise ConfigError(
                 f"`group_start` of attack {self.name!r} must be in [0, 1]; "
@@ -162,14 +153,8 @@ class GradInversion(Attack):
 
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Optimize R restarts at once; the lowest final attack loss wins."""
-        who = f"attack {self.name!r}"
         start = time.perf_counter()
-        x0 = initial_images(inputs, self.init, self.restarts, who)
-        y = attack_labels(inputs, self.restarts, who)
-        setup = matching_setup(
-            inputs, fedavg=self.fedavg, layers=self.layers,  # type: ignore[arg-type]
-            scheme=self.layer_weights,
-        )
+        x0, y, setup = start_matching(self, inputs)
         sim, weights = setup.simulator, setup.weights
         scale = 1.0
         training = inputs.update.training

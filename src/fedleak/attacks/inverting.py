@@ -74,6 +74,19 @@ def check_common(name: str, **values: Any) -> None:
         )
 
 
+def check_matching(attack: Any, **weights: Any) -> None:
+    """:func:`check_common` on a matching attack's shared options and its loss ``weights``.
+
+    The shared options are those of :class:`InvertingGradients` (iterations, restarts, lr,
+    init, fedavg, schedule, layer_weights); every weight must be a number >= 0.
+    """
+    check_common(
+        attack.name, iterations=attack.iterations, restarts=attack.restarts, lr=attack.lr,
+        init=attack.init, fedavg=attack.fedavg, schedule=attack.schedule,
+        layer_weights=attack.layer_weights, **{f"w:{k}": v for k, v in weights.items()},
+    )
+
+
 def normalize_layers(layers: Any, caller: str) -> tuple[str | int, ...] | None:
     """``layers`` as a tuple of prefixes/indices (so the frozen attack stays hashable)."""
     if layers is None:
@@ -186,6 +199,20 @@ def attack_labels(inputs: AttackInputs, restarts: int, who: str) -> torch.Tensor
     return y.expand(restarts, -1)
 
 
+def start_matching(
+    attack: Any, inputs: AttackInputs
+) -> tuple[torch.Tensor, torch.Tensor, MatchingSetup]:
+    """Initial candidates (R, N, C, H, W), labels (R, N) and the matching setup of an attack
+    with :class:`InvertingGradients`' init, restarts, fedavg, layers and layer_weights options."""
+    who = f"attack {attack.name!r}"
+    x0 = initial_images(inputs, attack.init, attack.restarts, who)
+    y = attack_labels(inputs, attack.restarts, who)
+    setup = matching_setup(
+        inputs, fedavg=attack.fedavg, layers=attack.layers, scheme=attack.layer_weights
+    )
+    return x0, y, setup
+
+
 def clamp_images(key: str = "images"):  # noqa: ANN201 - small closure factory
     """Projection onto the [0, 1] box, in place (after every step)."""
 
@@ -264,23 +291,13 @@ class InvertingGradients(Attack):
     requires = frozenset({"architecture", "training_details"})
 
     def __post_init__(self) -> None:
-        check_common(
-            self.name, iterations=self.iterations, restarts=self.restarts, lr=self.lr,
-            init=self.init, fedavg=self.fedavg, schedule=self.schedule,
-            layer_weights=self.layer_weights, **{"w:tv": self.tv},
-        )
+        check_matching(self, tv=self.tv)
         object.__setattr__(self, "layers", normalize_layers(self.layers, f"attack {self.name!r}"))
 
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Match the update's direction from R seeded starts at once."""
-        who = f"attack {self.name!r}"
         start = time.perf_counter()
-        x0 = initial_images(inputs, self.init, self.restarts, who)
-        y = attack_labels(inputs, self.restarts, who)
-        setup = matching_setup(
-            inputs, fedavg=self.fedavg, layers=self.layers,  # type: ignore[arg-type]
-            scheme=self.layer_weights,
-        )
+        x0, y, setup = start_matching(self, inputs)
         sim, target, weights, tv = setup.simulator, setup.target, setup.weights, self.tv
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,8 @@ handled by ``torch.func.vmap``: R trials cost one vectorized computation, not R 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from fedleak.errors import ConfigError, InsufficientKnowledgeError
 from fedleak.fl.update import ClientUpdate, TrainingConfig
 
 Tensors = dict[str, torch.Tensor]
+A = TypeVar("A")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -95,43 +97,18 @@ class UpdateSimulator:
         return lambda x, y: g(self.params, x, y)
 
     def _replay_fn(self, cfg: TrainingConfig) -> Callable[[torch.Tensor, torch.Tensor], Tensors]:
-        sizes = cfg.batch_sizes or _default_sizes(cfg)
-        bounds = _batch_bounds(sizes)
-        lr, mom, wd = cfg.lr, cfg.momentum, cfg.weight_decay
-        b1, b2 = cfg.betas
+        bounds = _batch_bounds(cfg.batch_sizes or _default_sizes(cfg))
 
         def loss(params: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return soft_cross_entropy(self._forward(params, x), y)
 
         g = grad(loss)
 
+        def no_aux(p: Tensors, x: torch.Tensor, y: torch.Tensor) -> tuple[Tensors, None]:
+            return g(p, x, y), None
+
         def replay(x: torch.Tensor, y: torch.Tensor) -> Tensors:
-            n = x.shape[0]
-            p = dict(self.params)
-            buf: Tensors = {}
-            m1: Tensors = {}
-            m2: Tensors = {}
-            for step, (s, e) in enumerate(bounds, start=1):
-                # dummy data stands for one epoch of the client's data; the client's sampling
-                # order is unknown, so epoch k reuses the same split (Dimitrov et al.)
-                s, e = s % n, (e - 1) % n + 1
-                gr = g(p, x[s:e], y[s:e])
-                new = {}
-                for k in p:
-                    d = gr[k] + wd * p[k] if wd else gr[k]
-                    if cfg.optimizer == "sgd":
-                        if mom:
-                            buf[k] = d if k not in buf else mom * buf[k] + d
-                            d = buf[k]
-                        new[k] = p[k] - lr * d
-                    else:  # adam
-                        m1[k] = (1 - b1) * d if k not in m1 else b1 * m1[k] + (1 - b1) * d
-                        m2[k] = (1 - b2) * d * d if k not in m2 else b2 * m2[k] + (1 - b2) * d * d
-                        mh = m1[k] / (1 - b1**step)
-                        vh = m2[k] / (1 - b2**step)
-                        new[k] = p[k] - lr * mh / (vh.sqrt() + 1e-8)
-                p = new
-            return {k: p[k] - self.params[k] for k in p}
+            return replay_steps(cfg, bounds, self.params, x, y, no_aux)[0]
 
         return replay
 
@@ -153,6 +130,52 @@ def _batch_bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
         pos += s
         total += s
     return bounds
+
+
+def replay_steps(
+    cfg: TrainingConfig,
+    bounds: Sequence[tuple[int, int]],
+    params: Tensors,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    g: Callable[[Tensors, torch.Tensor, torch.Tensor], tuple[Tensors, A]],
+) -> tuple[Tensors, list[A]]:
+    """The client's local steps on candidates ``x, y``: ``(new - old params, aux of every step)``.
+
+    ``g(p, xb, yb)`` gives the gradient of one batch and an aux value. The steps are the
+    client's optimizer (SGD with momentum and weight decay, or Adam) on functional parameters,
+    starting from ``params``; batch k is ``bounds[k]`` of the candidates, wrapped around.
+    """
+    lr, mom, wd = cfg.lr, cfg.momentum, cfg.weight_decay
+    b1, b2 = cfg.betas
+    n = x.shape[0]
+    p = dict(params)
+    buf: Tensors = {}
+    m1: Tensors = {}
+    m2: Tensors = {}
+    aux: list[A] = []
+    for step, (s, e) in enumerate(bounds, start=1):
+        # dummy data stands for one epoch of the client's data; the client's sampling
+        # order is unknown, so epoch k reuses the same split (Dimitrov et al.)
+        s, e = s % n, (e - 1) % n + 1
+        gr, a = g(p, x[s:e], y[s:e])
+        aux.append(a)
+        new = {}
+        for k in p:
+            d = gr[k] + wd * p[k] if wd else gr[k]
+            if cfg.optimizer == "sgd":
+                if mom:
+                    buf[k] = d if k not in buf else mom * buf[k] + d
+                    d = buf[k]
+                new[k] = p[k] - lr * d
+            else:  # adam
+                m1[k] = (1 - b1) * d if k not in m1 else b1 * m1[k] + (1 - b1) * d
+                m2[k] = (1 - b2) * d * d if k not in m2 else b2 * m2[k] + (1 - b2) * d * d
+                mh = m1[k] / (1 - b1**step)
+                vh = m2[k] / (1 - b2**step)
+                new[k] = p[k] - lr * mh / (vh.sqrt() + 1e-8)
+        p = new
+    return {k: p[k] - params[k] for k in p}, aux
 
 
 def pseudo_gradient(update: ClientUpdate) -> Tensors:

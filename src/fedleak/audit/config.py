@@ -6,17 +6,17 @@ Every field can be overridden from the command line as ``section.field=value``.
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from fedleak._config_io import apply_overrides, read_config_file
+from fedleak.errors import ConfigError
 
-from fedleak.errors import ConfigError, DataError
+TASKS = ("classification", "diffusion")
+DIFFUSION_ATTACKS = ("diffusion-ig", "gidm", "gidm-plus")
 
 
 @dataclass
@@ -28,8 +28,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "convnet"
+    name: str | None = None  # default: "convnet" (classification) or "unet" (diffusion)
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionConfig:
+    """A diffusion federation (``task: diffusion``, seed 002): clients train a DDPM UNet."""
+
+    schedule: str = "cosine:16"  # "<linear|cosine>:<T>"
+    prediction: str = "v"  # "v" or "eps"
+    share_noise: bool = False  # clients send their eps and t in the clear
+    prior_model: str | None = None  # the attacker's prior (gidm, gidm-plus); None: train one
+    prior_steps: int = 1000  # steps of that training, on the public split
 
 
 @dataclass
@@ -73,7 +84,7 @@ class AuditSchedule:
     every: int = 1  # audit every k rounds ...
     start: int = 1  # ... from round s
     clients: list[int] | str = "all"
-    attack: str = "inverting-gradients"
+    attack: str | None = None  # default: "inverting-gradients", or "diffusion-ig" (diffusion)
     options: dict[str, Any] = field(default_factory=dict)
     threat: str = "C"
     grant_labels: bool = False
@@ -98,8 +109,10 @@ class SelfCheckConfig:
 @dataclass
 class AuditConfig:
     seed: int = 0
+    task: str = "classification"  # or "diffusion"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     filters: list[FilterSpec] = field(default_factory=list)
     audit: AuditSchedule = field(default_factory=AuditSchedule)
@@ -111,6 +124,13 @@ class AuditConfig:
     def validate(self) -> AuditConfig:
         """Check the ranges and combinations the run needs, before anything runs."""
         fed, aud, sc = self.federation, self.audit, self.selfcheck
+        if self.task not in TASKS:
+            raise ConfigError(f"`task` must be one of {', '.join(TASKS)}; got {self.task!r}.")
+        diffusion = self.task == "diffusion"
+        self.model.name = self.model.name or ("unet" if diffusion else "convnet")
+        aud.attack = aud.attack or ("diffusion-ig" if diffusion else "inverting-gradients")
+        if diffusion:
+            self._validate_diffusion()
         if fed.rounds < 1:
             raise ConfigError(f"`federation.rounds` must be >= 1; got {fed.rounds}.")
         if not fed.clients:
@@ -154,6 +174,38 @@ class AuditConfig:
         if sc.enabled and sc.rdlv_threshold is None and sc.ssim_threshold is None:
             raise ConfigError("the self-check needs `rdlv_threshold` or `ssim_threshold`.")
         return self
+
+    def _validate_diffusion(self) -> None:
+        dif, aud = self.diffusion, self.audit
+        if self.model.name != "unet":
+            raise ConfigError(
+                f"a diffusion federation trains fedleak's UNet: `model.name` must be 'unet' "
+                f"(its options are UNetConfig's); got {self.model.name!r}."
+            )
+        if aud.attack not in DIFFUSION_ATTACKS:
+            raise ConfigError(
+                f"`audit.attack` of a diffusion federation must be one of "
+                f"{', '.join(DIFFUSION_ATTACKS)}; got {aud.attack!r}."
+            )
+        if aud.attack == "gidm" and not dif.share_noise:
+            raise ConfigError(
+                "attack 'gidm' needs the clients' eps and t: set `diffusion.share_noise: true` "
+                "or use 'gidm-plus'."
+            )
+        if aud.attack in ("gidm", "gidm-plus") and aud.threat < "D":
+            raise ConfigError(
+                f"attack {aud.attack!r} uses a prior model trained on public data: it needs "
+                f"`audit.threat` D or E; got {aud.threat!r}."
+            )
+        if dif.prior_steps < 1:
+            raise ConfigError(f"`diffusion.prior_steps` must be >= 1; got {dif.prior_steps}.")
+        if self.selfcheck.enabled:
+            raise ConfigError(
+                "the client's self-check is for classification federations; disable "
+                "`selfcheck` for `task: diffusion`."
+            )
+        if aud.grant_labels:
+            raise ConfigError("diffusion clients have no labels: drop `audit.grant_labels`.")
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -231,37 +283,6 @@ def from_dict(cls: Any, data: dict[str, Any], where: str = "") -> Any:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> AuditConfig:
     """Read a YAML/TOML file (or defaults if ``path`` is None), apply ``a.b=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: config file not found.")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() == ".toml":
-                data = tomllib.loads(text)
-            elif path.suffix.lower() in (".yaml", ".yml"):
-                data = yaml.safe_load(text) or {}
-            else:
-                raise DataError(f"{path}: expected a .yaml, .yml or .toml config file.")
-        except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-            first = str(exc).splitlines()[0]
-            raise DataError(f"{path}: not valid {path.suffix[1:].upper()}: {first}") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{path}: the config must be a mapping at the top level.")
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"an override must look like section.key=value; got {item!r}.")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: `{p}` is not a section.")
-        node[parts[-1]] = value
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    apply_overrides(data, overrides)
     return from_dict(AuditConfig, data).validate()

@@ -23,7 +23,7 @@ from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset, load_dataset, partition, resize, to_channels
 from fedleak.defenses import compose, make_filter
 from fedleak.errors import ConfigError, DataError
-from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate
+from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate, local_update
 from fedleak.models import build_model
 from fedleak.report import append_jsonl, read_jsonl, save_grid, write_config, write_json
 
@@ -41,6 +41,7 @@ LEAKAGE_FIELDS = [
     "flat_psnr",
     "rdlv",
     "label_accuracy",
+    "t_accuracy",
     "attack_loss",
     "iterations",
     "seconds",
@@ -69,6 +70,74 @@ def load_prior(spec: str, public: ImageDataset) -> torch.Tensor | None:
     img = img[None, None] if img.ndim == 2 else img.permute(2, 0, 1)[None]
     c, h, w = public.image_shape
     return resize(to_channels(img[:, :3] if img.shape[1] > 3 else img, c), (h, w))[0]
+
+
+def _diffusion_federation(
+    cfg: AuditConfig,
+    train: ImageDataset,
+    public: ImageDataset,
+    truth: dict[tuple[int, str], torch.Tensor],
+    out: Path,
+    log: Callable[[str], None],
+) -> tuple[
+    nn.Module, Callable[..., ClientUpdate], Callable[[nn.Module], float], dict[str, Any]
+]:
+    """Seed 002's federation: the UNet, a diffusion trainer and the test-loss utility.
+
+    The attacker's prior model (gidm, gidm-plus) joins the attack options here: the user's
+    file, or one trained on the public split and kept in the run folder for resumes.
+    """
+    from fedleak.diffusion import (
+        NoiseSchedule,
+        UNet,
+        UNetConfig,
+        diffusion_test_loss,
+        diffusion_trainer,
+        prior_for,
+    )
+
+    dif = cfg.diffusion
+    schedule = NoiseSchedule.from_spec(dif.schedule)
+    c, h, w = train.image_shape
+    if h != w:
+        raise ConfigError(f"the UNet needs square images; {cfg.data.name!r} gives {h}x{w}.")
+    unet = UNetConfig.from_dict(
+        {"image_size": h, "in_channels": c, "num_timesteps": schedule.steps, **cfg.model.options}
+    )
+    model = UNet(unet)
+    trainer = diffusion_trainer(
+        schedule=schedule, prediction=dif.prediction, share_noise=dif.share_noise, truth=truth
+    )
+    extra: dict[str, Any] = {}
+    if cfg.audit.attack == "diffusion-ig" and not dif.share_noise:
+        extra["joint_noise"] = cfg.audit.options.get("joint_noise", True)  # eps and t private
+    if cfg.audit.attack in ("gidm", "gidm-plus") and "prior_model" not in cfg.audit.options:
+        extra["prior_model"] = prior_for(
+            dif.prior_model, public.images, cache=out / "prior_model.pt", schedule=schedule,
+            prediction=dif.prediction, steps=dif.prior_steps, seed=cfg.seed,
+            flip=cfg.data.name == "lfw-faces", log=log,
+        )
+
+    def evaluate(m: nn.Module) -> float:
+        return diffusion_test_loss(
+            m, public.images, schedule=schedule, prediction=dif.prediction, seed=cfg.seed
+        )
+
+    return model, trainer, evaluate, extra
+
+
+def planned_iterations(attack: str, options: dict[str, Any]) -> int:
+    """The iterations an attack will run with ``options``: the progress bar's total."""
+    from fedleak.attacks import ATTACKS
+
+    cls = ATTACKS.get(attack)
+
+    def opt(key: str) -> int:
+        return int(options.get(key, getattr(cls, key, 0) or 0))
+
+    if hasattr(cls, "phase1_iterations"):
+        return opt("phase1_iterations") + opt("phase2_iterations")
+    return opt("iterations") or 1000
 
 
 def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
@@ -135,13 +204,22 @@ def run_audit(
         if "local_steps" in own:
             own["local_epochs"] = None
         clients.append(ClientData(train.images[idx], train.labels[idx], train=own))
+    diffusion = cfg.task == "diffusion"
+    truth: dict[tuple[int, str], torch.Tensor] = {}  # diffusion: each client's private t
     torch.manual_seed(cfg.seed)
-    model = build_model(
-        cfg.model.name,
-        input_shape=train.image_shape,
-        num_classes=train.num_classes,
-        **cfg.model.options,
-    )
+    if diffusion:
+        model, trainer, evaluate, extra = _diffusion_federation(
+            cfg, train, public, truth, out, log
+        )
+    else:
+        model = build_model(
+            cfg.model.name,
+            input_shape=train.image_shape,
+            num_classes=train.num_classes,
+            **cfg.model.options,
+        )
+        trainer, evaluate, extra = local_update, None, {}
+    attack_options = {**aud.options, **extra}
     prior = load_prior(aud.prior, public)
     if sc.enabled and sc.rdlv_threshold is not None and prior is None:
         raise ConfigError("`selfcheck.rdlv_threshold` needs a prior: set `audit.prior` to 'mean'.")
@@ -186,7 +264,7 @@ def run_audit(
         )
         counter["n"] += 1
         label = f"attack {counter['n']}/{n_attacks}: round {r}, client {c}"
-        iters = int(aud.options.get("iterations", 1000))
+        iters = planned_iterations(aud.attack, attack_options)
         ctx = progress_factory(label, iters) if progress_factory else None
         prog = ctx.__enter__() if ctx else None
         try:
@@ -197,12 +275,14 @@ def run_audit(
                 threat=threat,
                 progress=prog,
                 seed=cfg.seed * 1_000_003 + r * 7_919 + c,
-                **aud.options,
+                **attack_options,
             )
         finally:
             if ctx:
                 ctx.__exit__(None, None, None)
-        s = fedleak.score(rec, data.images, labels=data.labels, prior=prior)
+        s = fedleak.score(
+            rec, data.images, labels=None if diffusion else data.labels, prior=prior
+        )
         grid = f"grids/r{r:03d}_c{c}.png"
         matched = rec.images[[i for i, _ in sorted(s["pairing"], key=lambda p: p[1])]]
         shown = slice(0, 16)
@@ -236,6 +316,11 @@ def run_audit(
             "psnr_per_image": s["psnr_per_image"],
             "ssim_per_image": s["ssim_per_image"],
         }
+        true_t = truth.get((r, str(c)))
+        if true_t is not None and "t" in rec.extras:
+            found = rec.extras["t"]
+            hits = [int(found[i]) == int(true_t[j]) for i, j in s["pairing"]]
+            record["t_accuracy"] = sum(hits) / len(hits)
         for f in cfg.filters:
             if f.name == "gaussian":
                 record["sigma0"] = f.options.get("sigma0")
@@ -247,6 +332,7 @@ def run_audit(
             f"round {r} client {c} ({len(data.images)} images): PSNR {s['psnr']:.2f} dB "
             f"(flat {s['flat_psnr']:.2f}), SSIM {s['ssim']:.3f}"
             + (f", RDLV {s['rdlv']:.3f}" if s.get("rdlv") is not None else "")
+            + (f", t accuracy {record['t_accuracy']:.0%}" if "t_accuracy" in record else "")
         )
 
     check = None
@@ -270,34 +356,36 @@ def run_audit(
         clients,
         rounds=fed.rounds,
         clients_per_round=fed.clients_per_round,
-        test=(public.images, public.labels),
+        test=None if diffusion else (public.images, public.labels),
         train=dict(fed.train),
         seed=cfg.seed,
         filters=filters,
         client_check=check,
         on_update=on_update,
         start_round=start_round,
+        trainer=trainer,
     ):
-        append_jsonl(
-            out / "rounds.jsonl",
-            {
-                "round": res.round,
-                "accuracy": res.accuracy,
-                "clients": res.clients,
-                "withheld": res.withheld,
-            },
-        )
+        row: dict[str, Any] = {"round": res.round, "accuracy": res.accuracy}
+        if evaluate is not None:
+            row["test_loss"] = evaluate(model)
+        row |= {"clients": res.clients, "withheld": res.withheld}
+        append_jsonl(out / "rounds.jsonl", row)
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "round": res.round}, tmp)
         tmp.replace(state_path)
+        utility = (
+            f"test loss {row['test_loss']:.4f}" if evaluate else f"test accuracy {res.accuracy:.3f}"
+        )
         log(
-            f"round {res.round}: test accuracy {res.accuracy:.3f}"
+            f"round {res.round}: {utility}"
             + (f", withheld {res.withheld}" if res.withheld else "")
         )
     rounds = read_jsonl(out / "rounds.jsonl")
     summary = {
+        "task": cfg.task,
         "rounds": len(rounds),
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
+        "final_test_loss": rounds[-1].get("test_loss") if rounds else None,
         "audited_updates": len(leakage),
         "withheld": sum(len(r.get("withheld", [])) for r in rounds),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -143,7 +143,13 @@ def demo(
 @friendly
 def attack(
     data: Annotated[str, typer.Option(help="Built-in name or FORMAT:PATH.")] = "lfw-faces",
-    size: Annotated[int, typer.Option(help="Resize images to SIZE x SIZE (0: native).")] = 32,
+    task: Annotated[
+        str, typer.Option(help="classification, or diffusion (the client trains a DDPM UNet).")
+    ] = "classification",
+    size: Annotated[
+        int | None,
+        typer.Option(help="Resize images to SIZE x SIZE (0: native; default 32, diffusion 16)."),
+    ] = None,
     channels: Annotated[int, typer.Option(help="1 or 3 (0: native).")] = 0,
     model: Annotated[str, typer.Option(help="Model name (fedleak attacks --models).")] = "lenet",
     model_option: Annotated[
@@ -160,7 +166,9 @@ def attack(
     bn_mode: Annotated[str, typer.Option(help="BatchNorm mode of the client: train/eval.")] = (
         "train"
     ),
-    attack_name: Annotated[str, typer.Option("--attack", help="Attack name.")] = "dlg",
+    attack_name: Annotated[
+        str | None, typer.Option("--attack", help="Attack name (default dlg; diffusion-ig).")
+    ] = None,
     iterations: Annotated[int | None, typer.Option(help="Attack iterations.")] = None,
     restarts: Annotated[int | None, typer.Option(help="Attack restarts.")] = None,
     option: Annotated[
@@ -171,12 +179,30 @@ def attack(
     prior: Annotated[
         bool, typer.Option(help="Give the attacker the mean test image as prior (level D+).")
     ] = False,
+    schedule: Annotated[str, typer.Option(help="Diffusion noise schedule, e.g. cosine:16.")] = (
+        "cosine:16"
+    ),
+    prediction: Annotated[str, typer.Option(help="Diffusion target: v or eps.")] = "v",
+    share_noise: Annotated[
+        bool, typer.Option(help="Diffusion: the client sends its eps and t in the clear.")
+    ] = False,
+    prior_model: Annotated[
+        Path | None,
+        typer.Option(help="gidm/gidm-plus: a saved prior (default: train OUT/prior_model.pt)."),
+    ] = None,
+    prior_steps: Annotated[int, typer.Option(help="Training steps of that prior.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Log progress every N iterations.")] = 100,
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/attack"),
 ) -> None:
     """Simulate one client update and attack it; writes metrics, grid and config to OUT."""
+    from fedleak.audit.runner import planned_iterations
     from fedleak.cli.jobs import AttackJob, run_attack_job
+
+    diffusion = task == "diffusion"
+    attack_name = attack_name or ("diffusion-ig" if diffusion else "dlg")
+    if size is None:
+        size = 16 if diffusion else 32
 
     attack_options = parse_options(option, "--option")
     if iterations is not None:
@@ -205,11 +231,21 @@ def attack(
         prior=prior,
         seed=seed,
         checkpoint_every=checkpoint_every,
+        task=task,
+        schedule=schedule,
+        prediction=prediction,
+        share_noise=share_noise,
+        prior_model=None if prior_model is None else str(prior_model),
+        prior_steps=prior_steps,
     )
-    total = int(attack_options.get("iterations", 1000))
+    total = planned_iterations(attack_name, attack_options)
     with progress_bar(f"{attack_name}", total) as prog:
-        result = run_attack_job(job, out, progress=prog)
+        result = run_attack_job(job, out, progress=prog, log=log)
     print_scores([{"attack": attack_name, "scores": result["scores"]}], f"{attack_name} on {data}")
+    if "t_accuracy" in result:
+        out_console.print(
+            f"timesteps recovered: {result['t_accuracy']:.0%} (true t {result['true_t']})"
+        )
     out_console.print(f"Run folder: {out}")
 
 
@@ -222,6 +258,9 @@ def audit(
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config field: section.key=value (repeatable)."),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="task: classification or diffusion (seed 002).")
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="federation.rounds")] = None,
     attack_name: Annotated[str | None, typer.Option("--attack", help="audit.attack")] = None,
@@ -249,6 +288,7 @@ def audit(
 
     overrides = list(set_ or [])
     for key, value in (
+        ("task", task),
         ("federation.rounds", rounds),
         ("audit.attack", attack_name),
         ("audit.options.iterations", iterations),
@@ -257,12 +297,20 @@ def audit(
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = load_config(config, overrides)
+    if engine == "flower" and cfg.task != "classification":
+        raise ConfigError("--engine flower runs classification federations; drop it for diffusion.")
     summary = run_audit(cfg, out, resume=resume, log=log, progress_factory=progress_bar)
     if report:
         _write_report(out)
+    if summary.get("final_test_loss") is not None:
+        utility = f"final test loss {summary['final_test_loss']:.4f}"
+    elif summary.get("final_accuracy") is not None:
+        utility = f"final accuracy {summary['final_accuracy']:.3f}"
+    else:
+        utility = "no round run"
     out_console.print(
-        f"{summary['audited_updates']} audited updates, {summary['withheld']} withheld, final "
-        f"accuracy {summary['final_accuracy']:.3f}; run folder {out}"
+        f"{summary['audited_updates']} audited updates, {summary['withheld']} withheld, "
+        f"{utility}; run folder {out}"
     )
 
 

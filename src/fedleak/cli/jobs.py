@@ -16,6 +16,7 @@ import torch
 
 import fedleak
 from fedleak.attacks import Checkpoint, Reconstruction
+from fedleak.audit.config import DIFFUSION_ATTACKS
 from fedleak.data import ImageDataset, load_dataset
 from fedleak.errors import ConfigError
 from fedleak.fl import ThreatModel
@@ -51,6 +52,12 @@ class AttackJob:
     prior: bool = False
     seed: int = 0
     checkpoint_every: int = 100
+    task: str = "classification"  # or "diffusion": the client trains a DDPM UNet (seed 002)
+    schedule: str = "cosine:16"  # diffusion: "<linear|cosine>:<T>"
+    prediction: str = "v"  # diffusion: "v" or "eps"
+    share_noise: bool = False  # diffusion: the client sends its eps and t in the clear
+    prior_model: str | None = None  # gidm/gidm-plus: a saved prior; None: train one
+    prior_steps: int = 1000  # steps of that training, on the data set's public split
 
     def training(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -101,11 +108,20 @@ def truth_logger(path: Path, images: torch.Tensor) -> Callable[[Checkpoint], Non
 
 
 def run_attack_job(
-    job: AttackJob, out: Path, *, progress: Progress | None = None, command: str = "attack"
+    job: AttackJob,
+    out: Path,
+    *,
+    progress: Progress | None = None,
+    command: str = "attack",
+    log: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
     """Simulate one client, attack its update, score, and write the run folder."""
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, asdict(job), command)
+    if job.task == "diffusion":
+        return run_diffusion_attack_job(job, out, progress=progress, log=log)
+    if job.task != "classification":
+        raise ConfigError(f"`--task` must be 'classification' or 'diffusion'; got {job.task!r}.")
     ds = load_dataset(job.data, size=job.size, channels=job.channels, split="train")
     torch.manual_seed(job.seed)
     model = build_model(
@@ -139,6 +155,86 @@ def run_attack_job(
     return finish_run(out, rec, images, labels, prior=prior, title=f"{job.attack} on {job.data}")
 
 
+def run_diffusion_attack_job(
+    job: AttackJob, out: Path, *, progress: Progress | None = None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Seed 002: one client's diffusion update, attacked; t recovery scored beside the images.
+
+    The client's timesteps and noise are drawn here, outside the update, so that the run can
+    score t recovery even when they stay private (they never reach the attack).
+    """
+    from fedleak.attacks import ATTACKS
+    from fedleak.diffusion import NoiseSchedule, UNet, UNetConfig, diffusion_update, prior_for
+    from fedleak.diffusion.client import draw_noise
+
+    if job.attack not in DIFFUSION_ATTACKS:
+        raise ConfigError(
+            f"`--attack` for `--task diffusion` must be one of {', '.join(DIFFUSION_ATTACKS)}; "
+            f"got {job.attack!r}."
+        )
+    if job.grant_labels:
+        raise ConfigError("diffusion clients have no labels: drop `--grant-labels`.")
+    schedule = NoiseSchedule.from_spec(job.schedule)
+    ds = load_dataset(job.data, size=job.size, channels=job.channels, split="train")
+    c, h, w = ds.image_shape
+    if h != w:
+        raise ConfigError(f"the UNet needs square images; {job.data!r} gives {h}x{w}.")
+    torch.manual_seed(job.seed)
+    config = {"image_size": h, "in_channels": c, "num_timesteps": schedule.steps}
+    model = UNet(UNetConfig.from_dict({**config, **job.model_options}))
+    images, _ = pick_images(ds, job.num_images, job.seed)
+    training: dict[str, Any] = {"protocol": job.protocol, "lr": job.lr, "seed": job.seed}
+    true_t = None
+    if job.protocol == "fedsgd":
+        if any(v is not None for v in (job.batch_size, job.local_steps, job.local_epochs)):
+            raise ConfigError("`--batch-size`/`--local-steps`/`--local-epochs` need fedavg.")
+        gen = torch.Generator().manual_seed(job.seed)
+        true_t, eps = draw_noise(len(images), (c, h, w), schedule, gen)
+        training |= {"t": true_t, "epsilon": eps}
+    else:
+        training |= {"local_steps": job.local_steps or 1, "batch_size": job.batch_size}
+    update = diffusion_update(
+        model, images, schedule=schedule, prediction=job.prediction,
+        share_noise=job.share_noise, **training,
+    )
+    update.save(out / "update.pt")
+    options = dict(job.attack_options)
+    if job.attack == "diffusion-ig" and not job.share_noise:
+        options.setdefault("joint_noise", True)  # private noise: optimize eps, search t
+    if "surrogate_data" in ATTACKS.get(job.attack).requires and "prior_model" not in options:
+        public = load_dataset(job.data, size=job.size, channels=job.channels, split="test")
+        options["prior_model"] = prior_for(
+            job.prior_model, public.images, cache=out / "prior_model.pt", schedule=schedule,
+            prediction=job.prediction, steps=job.prior_steps, seed=job.seed,
+            flip=job.data == "lfw-faces", log=log,
+        )
+    ckpt = out / "checkpoints.jsonl"
+    ckpt.unlink(missing_ok=True)
+    rec = fedleak.attack(
+        job.attack,
+        model,
+        update,
+        threat=ThreatModel(level=job.threat),
+        seed=job.seed,
+        checkpoint_every=job.checkpoint_every,
+        progress=progress,
+        callback=truth_logger(ckpt, images),
+        **options,
+    )
+    phase1 = rec.extras.get("phase1_images")
+    result = finish_run(
+        out, rec, images, None, title=f"{job.attack} on a diffusion client",
+        more={"phase 1": phase1} if torch.is_tensor(phase1) else None,
+    )
+    if true_t is not None and "t" in rec.extras:
+        pairs = result["scores"]["pairing"]
+        hits = [int(rec.extras["t"][i]) == int(true_t[j]) for i, j in pairs]
+        result["t_accuracy"] = sum(hits) / len(hits)
+        result["true_t"] = true_t.tolist()
+        write_json(out / "metrics.json", result)
+    return result
+
+
 def finish_run(
     out: Path,
     rec: Reconstruction,
@@ -148,17 +244,24 @@ def finish_run(
     prior: torch.Tensor | None = None,
     title: str = "",
     name: str = "reconstruction",
+    more: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Score a reconstruction and write metrics, a grid and the tensors."""
+    """Score a reconstruction and write metrics, a grid and the tensors.
+
+    ``more`` adds grid rows indexed like ``rec.images`` (e.g. GIDM's phase-1 images), shown
+    in the same best-match order as the reconstruction.
+    """
     scores = fedleak.score(rec, images, labels=labels, prior=prior)
     pairs = scores["pairing"]
-    matched = rec.images[[r for r, _ in sorted(pairs, key=lambda p: p[1])]]
+    order = [r for r, _ in sorted(pairs, key=lambda p: p[1])]
     captions = [f"PSNR {p:.1f}" for p in scores["psnr_per_image"]]
+    rows = [images] + [v[order] for v in (more or {}).values()] + [rec.images[order]]
+    titles = ["original", *(more or {}), "reconstruction"]
     save_grid(
         out / f"{name}.png",
-        [images, matched],
-        row_titles=["original", "reconstruction"],
-        captions=[None, captions],
+        rows,
+        row_titles=titles,
+        captions=[None] * (len(rows) - 1) + [captions],
         title=title,
     )
     torch.save({"images": rec.images, "labels": rec.labels}, out / f"{name}.pt")

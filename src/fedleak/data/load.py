@@ -53,32 +53,26 @@ def _from_file_splits(
     return _finish(ds, size, ch)
 
 
-@FORMATS.register("cifar10")
-def _cifar10(
-    path: Path,
-    options: dict[str, str],
-    split: str,
-    size: Size,
-    channels: int | None,
-    limit: int | None,
-    seed: int,
-) -> ImageDataset:
-    _no_options("cifar10", path, options)
-    return _from_file_splits(load_cifar10(path, split=split), limit, seed, size, channels)
+def _file_format(fmt: str, load: Callable[..., ImageDataset]) -> FormatLoader:
+    """The loader of a format with its own train/test files (``load(path, split=...)``)."""
+
+    def loader(
+        path: Path,
+        options: dict[str, str],
+        split: str,
+        size: Size,
+        channels: int | None,
+        limit: int | None,
+        seed: int,
+    ) -> ImageDataset:
+        _no_options(fmt, path, options)
+        return _from_file_splits(load(path, split=split), limit, seed, size, channels)
+
+    return loader
 
 
-@FORMATS.register("medmnist")
-def _medmnist(
-    path: Path,
-    options: dict[str, str],
-    split: str,
-    size: Size,
-    channels: int | None,
-    limit: int | None,
-    seed: int,
-) -> ImageDataset:
-    _no_options("medmnist", path, options)
-    return _from_file_splits(load_medmnist(path, split=split), limit, seed, size, channels)
+FORMATS.add("cifar10", _file_format("cifar10", load_cifar10))
+FORMATS.add("medmnist", _file_format("medmnist", load_medmnist))
 
 
 def _from_index(
@@ -109,38 +103,43 @@ def _from_index(
     )
 
 
-@FORMATS.register("folder")
-def _folder(
-    path: Path,
-    options: dict[str, str],
-    split: str,
-    size: Size,
-    channels: int | None,
-    limit: int | None,
-    seed: int,
-) -> ImageDataset:
+def _index_format(
+    kind: str,
+    scan: Callable[[Path, dict[str, str]], FileIndex],
+    reader: Callable[[Path], np.ndarray],
+) -> FormatLoader:
+    """The loader of a folder format: ``scan(path, options)`` indexes it, split 80/20 here."""
+
+    def loader(
+        path: Path,
+        options: dict[str, str],
+        split: str,
+        size: Size,
+        channels: int | None,
+        limit: int | None,
+        seed: int,
+    ) -> ImageDataset:
+        return _from_index(scan(path, options), reader, kind, split, size, channels, limit, seed)
+
+    return loader
+
+
+def _scan_folder(path: Path, options: dict[str, str]) -> FileIndex:
     _no_options("folder", path, options)
-    index = scan_image_folder(path)
-    return _from_index(index, read_image, "image folder", split, size, channels, limit, seed)
+    return scan_image_folder(path)
 
 
-@FORMATS.register("dicom")
-def _dicom(
-    path: Path,
-    options: dict[str, str],
-    split: str,
-    size: Size,
-    channels: int | None,
-    limit: int | None,
-    seed: int,
-) -> ImageDataset:
+def _scan_dicom(path: Path, options: dict[str, str]) -> FileIndex:
     unknown = set(options) - {"labels"}
     if unknown:
         raise DataError(
             f"dicom:{path}: unknown option(s) {', '.join(sorted(unknown))}; only labels=CSV."
         )
-    index = scan_dicom_folder(path, options.get("labels"))
-    return _from_index(index, read_dicom_pixels, "DICOM folder", split, size, channels, limit, seed)
+    return scan_dicom_folder(path, options.get("labels"))
+
+
+FORMATS.add("folder", _index_format("image folder", _scan_folder, read_image))
+FORMATS.add("dicom", _index_format("DICOM folder", _scan_dicom, read_dicom_pixels))
 
 
 def _parse_spec(spec: str) -> tuple[str | None, str, dict[str, str]]:

@@ -34,19 +34,9 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn import functional as F
 
-from fedleak.defenses.training import (
-    TrainingDefense,
-    build_update,
-    check_batch,
-    check_number,
-    fail,
-    local_batches,
-    make_optimizer,
-    plan_local,
-    register_training_defense,
-    trainable,
-)
+from fedleak.defenses.training import TrainingDefense, check_number, fail, register_training_defense
 from fedleak.errors import ConfigError
+from fedleak.fl.client import build_update, plan_local, plan_optimizer, run_local_steps, trainable
 from fedleak.fl.update import ClientUpdate
 
 __all__ = ["ACCOUNTANTS", "DPSGD", "dp_epsilon"]
@@ -177,11 +167,11 @@ class DPSGD(TrainingDefense):
                 f"dp-sgd cannot train this model ({errors[0]}); build the global model with "
                 "DPSGD.prepare_model(model), which swaps BatchNorm for GroupNorm."
             )
-        check_batch(images, labels)
-        n = images.shape[0]
         plan = plan_local(
-            n, protocol=protocol, local_epochs=local_epochs, local_steps=local_steps,
-            batch_size=batch_size, lr=lr, bn_mode=bn_mode,
+            images, labels, protocol=protocol, local_epochs=local_epochs, local_steps=local_steps,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+            weight_decay=weight_decay, betas=betas, bn_mode=bn_mode, shuffle=shuffle, seed=seed,
+            client_id=client_id, round=round,
         )
         net = copy.deepcopy(model)
         net.train()
@@ -189,10 +179,7 @@ class DPSGD(TrainingDefense):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gsm = GradSampleModule(net, loss_reduction="mean")
-        base = make_optimizer(
-            params, optimizer if plan.protocol == "fedavg" else "sgd", lr=lr,
-            momentum=momentum, weight_decay=weight_decay, betas=betas,
-        )
+        base = plan_optimizer(params, plan, optimizer if plan.protocol == "fedavg" else "sgd")
         dp = DPOptimizer(
             base,
             noise_multiplier=self.noise_multiplier,
@@ -202,12 +189,7 @@ class DPSGD(TrainingDefense):
             generator=torch.Generator().manual_seed(seed + 1),
         )
         ledger = self._ledger(client_id or "0")
-        rate = min(1.0, plan.batch_size / n)
-        common = dict(
-            n=n, plan=plan, lr=lr, optimizer=optimizer, momentum=momentum,
-            weight_decay=weight_decay, betas=betas, bn_mode=bn_mode, shuffle=shuffle,
-            client_id=client_id, round=round,
-        )
+        rate = min(1.0, plan.batch_size / plan.n)
         with warnings.catch_warnings():
             # Opacus's hooks warn when the inputs need no gradient (they never do here)
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -218,18 +200,16 @@ class DPSGD(TrainingDefense):
                     dp.pre_step()  # clip per example, add noise, average: the privatized gradient
                     grads = [p.grad.detach().clone() for p in params]  # type: ignore[union-attr]
                     self._account(ledger, rate, 1)
-                    return build_update(net, names, grads, kind="gradient", sizes=(n,), **common)
-                before = [p.detach().clone() for p in params]
-                gen = torch.Generator().manual_seed(seed)
-                sizes: list[int] = []
-                for idx in local_batches(n, plan.batch_size, plan.steps, shuffle, gen):
-                    dp.zero_grad(set_to_none=True)
-                    F.cross_entropy(gsm(images[idx]), labels[idx]).backward()
-                    dp.step()
-                    sizes.append(len(idx))
+                    return build_update(
+                        net, names, grads, kind="gradient", plan=plan, sizes=(plan.n,)
+                    )
+
+                def loss(idx: torch.Tensor, step: int) -> torch.Tensor:
+                    return F.cross_entropy(gsm(images[idx]), labels[idx])
+
+                deltas, sizes = run_local_steps(dp, params, plan, loss)
                 self._account(ledger, rate, len(sizes))
-                deltas = [p.detach() - p0 for p, p0 in zip(params, before, strict=True)]
-                return build_update(net, names, deltas, kind="delta", sizes=sizes, **common)
+                return build_update(net, names, deltas, kind="delta", plan=plan, sizes=sizes)
             finally:
                 gsm._close()
 

@@ -24,14 +24,15 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import torch
 
 from fedleak.errors import ConfigError, UpdateError
 from fedleak.fl.update import ClientUpdate
-from fedleak.registry import Registry
+from fedleak.registry import Registry, check_options, dataclass_options, init_options
+from fedleak.registry import option_error as _fail
 
 _log = logging.getLogger(__name__)
 
@@ -57,12 +58,7 @@ class Filter(ABC):
 
     def describe(self) -> dict[str, Any]:
         """The filter's name and options as plain data, for logs and configs."""
-        out: dict[str, Any] = {"name": self.name}
-        for f in fields(self):  # type: ignore[arg-type]
-            if f.repr:
-                value = getattr(self, f.name)
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return {"name": self.name, **dataclass_options(self, lambda f: f.repr)}
 
 
 FILTERS: Registry[type[Filter]] = Registry("filter")
@@ -71,13 +67,7 @@ F = TypeVar("F", bound=type[Filter])
 
 def register_filter(name: str, *, force: bool = False) -> Callable[[F], F]:
     """Class decorator: register a :class:`Filter` subclass under ``name`` (sets ``cls.name``)."""
-
-    def deco(cls: F) -> F:
-        cls.name = name
-        FILTERS.add(name, cls, force=force)
-        return cls
-
-    return deco
+    return FILTERS.register_class(name, force=force)
 
 
 def available_filters() -> list[str]:
@@ -93,21 +83,11 @@ def make_filter(name: str, **options: Any) -> Filter:
         ConfigError: an option is unknown to that filter or out of its range.
     """
     cls = FILTERS.get(name)
-    known = sorted(f.name for f in fields(cls) if f.init)  # type: ignore[arg-type]
-    for key in options:
-        if key not in known:
-            raise ConfigError(
-                f"`{key}` of make_filter({name!r}) must be one of its options "
-                f"({', '.join(known)}); got {options[key]!r}."
-            )
+    check_options(options, init_options(cls), f"make_filter({name!r})")
     return cls(**options)
 
 
 # --- validation ------------------------------------------------------------------------------
-
-
-def _fail(param: str, caller: str, constraint: str, value: Any) -> ConfigError:
-    return ConfigError(f"`{param}` of {caller} must be {constraint}; got {value!r}.")
 
 
 def _check_number(

@@ -22,18 +22,30 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-from fedleak.errors import ConfigError, DataError
-from fedleak.fl.client import bn_buffers, bn_momentum, local_update
+from fedleak.fl.client import (  # noqa: F401  (the local-training helpers, also importable here)
+    LocalPlan,
+    build_update,
+    check_batch,
+    local_batches,
+    local_update,
+    make_optimizer,
+    plan_local,
+    plan_optimizer,
+    run_local_steps,
+    set_bn_mode,
+    trainable,
+)
 from fedleak.fl.server import ClientData
-from fedleak.fl.update import ClientUpdate, TrainingConfig
-from fedleak.registry import Registry
+from fedleak.fl.update import ClientUpdate
+from fedleak.registry import Registry, check_options, dataclass_options, init_options
+from fedleak.registry import option_error as fail
 
 __all__ = [
     "TRAINING_DEFENSES",
@@ -89,12 +101,7 @@ class TrainingDefense(ABC):
 
     def describe(self) -> dict[str, Any]:
         """The defense's name and options as plain data (``make_training_defense(**d)`` works)."""
-        out: dict[str, Any] = {"name": self.name}
-        for f in fields(self):  # type: ignore[arg-type]
-            if f.init:
-                value = getattr(self, f.name)
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return {"name": self.name, **dataclass_options(self, lambda f: f.init)}
 
 
 TRAINING_DEFENSES: Registry[type[TrainingDefense]] = Registry("training defense")
@@ -103,13 +110,7 @@ D = TypeVar("D", bound=type[TrainingDefense])
 
 def register_training_defense(name: str, *, force: bool = False) -> Callable[[D], D]:
     """Class decorator: register a :class:`TrainingDefense` under ``name`` (sets ``cls.name``)."""
-
-    def deco(cls: D) -> D:
-        cls.name = name
-        TRAINING_DEFENSES.add(name, cls, force=force)
-        return cls
-
-    return deco
+    return TRAINING_DEFENSES.register_class(name, force=force)
 
 
 def available_training_defenses() -> list[str]:
@@ -119,8 +120,7 @@ def available_training_defenses() -> list[str]:
 
 def training_defense_options(name: str) -> list[str]:
     """The option names of the training defense ``name``."""
-    cls = TRAINING_DEFENSES.get(name)
-    return sorted(f.name for f in fields(cls) if f.init)  # type: ignore[arg-type]
+    return init_options(TRAINING_DEFENSES.get(name))
 
 
 def make_training_defense(name: str, **options: Any) -> TrainingDefense:
@@ -131,22 +131,12 @@ def make_training_defense(name: str, **options: Any) -> TrainingDefense:
         ConfigError: an option is unknown to that defense or out of its range.
     """
     cls = TRAINING_DEFENSES.get(name)
-    known = training_defense_options(name)
-    for key in options:
-        if key not in known:
-            raise ConfigError(
-                f"`{key}` of make_training_defense({name!r}) must be one of its options "
-                f"({', '.join(known) or 'none'}); got {options[key]!r}."
-            )
+    check_options(options, init_options(cls), f"make_training_defense({name!r})")
     return cls(**options)
 
 
 # --- validation helpers shared by the defenses ---------------------------------------------
-
-
-def fail(param: str, caller: str, constraint: str, value: Any) -> ConfigError:
-    """The one error template: "`param` of caller must be constraint; got value."."""
-    return ConfigError(f"`{param}` of {caller} must be {constraint}; got {value!r}.")
+# (and ``fail``, fedleak.registry's option_error: the one error template)
 
 
 def check_number(
@@ -174,156 +164,6 @@ def check_positive_int(value: Any, param: str, caller: str, minimum: int = 1) ->
 
 
 # --- the local training loop the defenses share ---------------------------------------------
-
-
-def check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
-    """The client data checks of :func:`local_update`, for trainers that do not call it."""
-    if images.ndim != 4:
-        raise DataError(f"`images` must be (N, C, H, W); got shape {tuple(images.shape)}.")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(
-            f"`labels` must be (N,) with N = {images.shape[0]}; got shape {tuple(labels.shape)}."
-        )
-    if not bool(torch.isfinite(images).all()):
-        raise DataError("`images` hold NaN or inf values.")
-
-
-def set_bn_mode(model: nn.Module, mode: str) -> None:
-    """Train mode everywhere; BatchNorm in eval mode when ``mode == "eval"``."""
-    model.train()
-    if mode == "eval":
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
-def local_batches(
-    n: int, b: int, total: int, shuffle: bool, gen: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """``total`` index batches of size ``b``, epoch after epoch (reshuffled each epoch if asked).
-
-    The same schedule as :func:`local_update`, so an attacker who replays the client's steps
-    from the update's metadata sees the same batch split.
-    """
-    done = 0
-    while done < total:
-        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-        for start in range(0, n, b):
-            yield order[start : start + b]
-            done += 1
-            if done == total:
-                return
-
-
-@dataclass(frozen=True)
-class LocalPlan:
-    """The checked local-training schedule: protocol, batch size, number of steps."""
-
-    protocol: str
-    batch_size: int
-    steps: int
-    local_epochs: int | None
-
-
-def plan_local(
-    n: int,
-    *,
-    protocol: str,
-    local_epochs: int | None,
-    local_steps: int | None,
-    batch_size: int | None,
-    lr: float,
-    bn_mode: str,
-) -> LocalPlan:
-    """Validate :func:`local_update`'s schedule arguments (same messages) and count the steps."""
-    if protocol not in ("fedsgd", "fedavg"):
-        raise ConfigError(f"`protocol` must be 'fedsgd' or 'fedavg'; got {protocol!r}.")
-    if bn_mode not in ("train", "eval"):
-        raise ConfigError(f"`bn_mode` must be 'train' or 'eval'; got {bn_mode!r}.")
-    if protocol == "fedsgd":
-        if local_epochs not in (None, 1) or local_steps not in (None, 1):
-            raise ConfigError("FedSGD sends one gradient: `local_epochs`/`local_steps` must be 1.")
-        return LocalPlan("fedsgd", n, 1, None)
-    b = batch_size or n
-    if b < 1:
-        raise ConfigError(f"`batch_size` must be >= 1; got {b}.")
-    if local_steps is not None and local_epochs is not None:
-        raise ConfigError("give `local_epochs` or `local_steps`, not both.")
-    total = local_steps if local_steps is not None else (local_epochs or 1) * math.ceil(n / b)
-    if total < 1:
-        raise ConfigError(f"`local_steps`/`local_epochs` must be >= 1; got {total}.")
-    if not (lr > 0):
-        raise ConfigError(f"`lr` must be > 0 for FedAvg; got {lr!r}.")
-    return LocalPlan("fedavg", b, total, local_epochs if local_steps is None else None)
-
-
-def make_optimizer(
-    params: Sequence[nn.Parameter],
-    optimizer: str,
-    *,
-    lr: float,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-) -> torch.optim.Optimizer:
-    """SGD (with momentum) or Adam, as :func:`local_update` builds them."""
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    raise ConfigError(f"`optimizer` must be 'sgd' or 'adam'; got {optimizer!r}.")
-
-
-def trainable(net: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
-    """Names and parameters the client trains and sends (``requires_grad``), in module order."""
-    pairs = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
-    return [k for k, _ in pairs], [p for _, p in pairs]
-
-
-def build_update(
-    net: nn.Module,
-    names: list[str],
-    tensors: list[torch.Tensor],
-    *,
-    kind: str,
-    n: int,
-    plan: LocalPlan,
-    sizes: Sequence[int],
-    lr: float,
-    optimizer: str,
-    momentum: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    bn_mode: str,
-    shuffle: bool,
-    client_id: str | None,
-    round: int | None,
-) -> ClientUpdate:
-    """The ClientUpdate with the metadata a real client ships (what :func:`local_update` sends)."""
-    training = TrainingConfig(
-        protocol=plan.protocol,  # type: ignore[arg-type]
-        lr=lr,
-        local_steps=plan.steps,
-        local_epochs=plan.local_epochs,
-        batch_size=plan.batch_size,
-        batch_sizes=tuple(sizes),
-        optimizer=optimizer if plan.protocol == "fedavg" else "sgd",  # type: ignore[arg-type]
-        momentum=momentum if plan.protocol == "fedavg" else 0.0,
-        weight_decay=weight_decay if plan.protocol == "fedavg" else 0.0,
-        betas=betas,
-        bn_mode=bn_mode,  # type: ignore[arg-type]
-        bn_momentum=bn_momentum(net),
-        shuffle=shuffle if plan.protocol == "fedavg" else False,
-    )
-    return ClientUpdate(
-        kind=kind,  # type: ignore[arg-type]
-        tensors={k: t.detach() for k, t in zip(names, tensors, strict=True)},
-        buffers=bn_buffers(net),
-        num_samples=n,
-        training=training,
-        client_id=client_id,
-        round=round,
-    )
 
 
 def local_training(
@@ -355,41 +195,28 @@ def local_training(
     on the private copy before training (e.g. to load a client's own noise parameters).
     FedSGD sends the gradient of ``objective`` on the whole batch.
     """
-    check_batch(images, labels)
-    n = images.shape[0]
     plan = plan_local(
-        n, protocol=protocol, local_epochs=local_epochs, local_steps=local_steps,
-        batch_size=batch_size, lr=lr, bn_mode=bn_mode,
+        images, labels, protocol=protocol, local_epochs=local_epochs, local_steps=local_steps,
+        batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+        weight_decay=weight_decay, betas=betas, bn_mode=bn_mode, shuffle=shuffle, seed=seed,
+        client_id=client_id, round=round,
     )
     net = copy.deepcopy(model)
     if prepare is not None:
         prepare(net)
     set_bn_mode(net, bn_mode)
     names, params = trainable(net)
-    common = dict(
-        n=n, plan=plan, lr=lr, optimizer=optimizer, momentum=momentum,
-        weight_decay=weight_decay, betas=betas, bn_mode=bn_mode, shuffle=shuffle,
-        client_id=client_id, round=round,
-    )
     if plan.protocol == "fedsgd":
         loss = objective(net, images, labels, 0)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         full = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
-        return build_update(net, names, full, kind="gradient", sizes=(n,), **common)
+        return build_update(net, names, full, kind="gradient", plan=plan, sizes=(plan.n,))
 
-    opt = make_optimizer(
-        params, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, betas=betas
-    )
-    before = [p.detach().clone() for p in params]
-    gen = torch.Generator().manual_seed(seed)
-    sizes: list[int] = []
-    for step, idx in enumerate(local_batches(n, plan.batch_size, plan.steps, shuffle, gen)):
-        opt.zero_grad(set_to_none=True)
-        objective(net, images[idx], labels[idx], step).backward()
-        opt.step()
-        sizes.append(len(idx))
-    deltas = [p.detach() - p0 for p, p0 in zip(params, before, strict=True)]
-    return build_update(net, names, deltas, kind="delta", sizes=sizes, **common)
+    def loss_of(idx: torch.Tensor, step: int) -> torch.Tensor:
+        return objective(net, images[idx], labels[idx], step)
+
+    deltas, sizes = run_local_steps(plan_optimizer(params, plan), params, plan, loss_of)
+    return build_update(net, names, deltas, kind="delta", plan=plan, sizes=sizes)
 
 
 # --- the undefended baseline -----------------------------------------------------------------

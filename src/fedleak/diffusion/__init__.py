@@ -10,7 +10,8 @@ from fedleak.diffusion.client import (
     diffusion_update,
     parse_diffusion_loss,
 )
-from fedleak.diffusion.prior import load_model, save_model, train_prior
+from fedleak.diffusion.federation import diffusion_test_loss, diffusion_trainer
+from fedleak.diffusion.prior import load_model, prior_for, save_model, train_prior
 from fedleak.diffusion.schedule import (
     NoiseSchedule,
     ddim_sample,
@@ -30,10 +31,13 @@ __all__ = [
     "ddpm_sample",
     "diffusion_loss",
     "diffusion_loss_name",
+    "diffusion_test_loss",
+    "diffusion_trainer",
     "diffusion_update",
     "from_model_space",
     "load_model",
     "parse_diffusion_loss",
+    "prior_for",
     "save_model",
     "to_model_space",
     "train_prior",

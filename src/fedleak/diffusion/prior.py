@@ -164,3 +164,44 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def prior_for(
+    path: str | Path | None,
+    public: torch.Tensor,
+    *,
+    cache: Path,
+    schedule: NoiseSchedule | str,
+    prediction: str,
+    steps: int = 1000,
+    flip: bool = False,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda m: None,
+) -> UNet:
+    """The attacker's prior: the user's saved model at ``path``, else one trained on ``public``.
+
+    A trained prior is saved to ``cache`` (and reused from there on a rerun or resume), so the
+    minutes of training are spent once. ``flip`` adds horizontal flips (faces, not digits).
+    A model trained with another schedule or prediction than the victim's is refused: its DDIM
+    generator would not be the domain's.
+    """
+    schedule = NoiseSchedule.from_spec(schedule)
+    source = Path(path) if path is not None else cache
+    if path is not None or cache.is_file():
+        model = load_model(source)
+        meta = diffusion_meta(model) or {}
+        if meta.get("schedule") != schedule.spec or meta.get("prediction") != prediction:
+            raise ConfigError(
+                f"{source}: the prior was trained with {meta.get('prediction')}-prediction on "
+                f"{meta.get('schedule')}, the clients use {prediction}-prediction on "
+                f"{schedule.spec}."
+            )
+        return model
+    log(f"training the prior on {len(public)} public images, {steps} steps -> {cache}")
+    model = train_prior(
+        public, schedule=schedule, prediction=prediction, steps=steps,
+        batch_size=min(32, len(public)), flip=flip, seed=seed,
+        log=lambda s, loss: log(f"  prior step {s}: loss {loss:.4f}"), log_every=250,
+    )
+    save_model(model, cache, info={"images": len(public), "steps": steps, "seed": seed})
+    return model

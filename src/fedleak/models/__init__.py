@@ -6,7 +6,7 @@ double backprop works, and all run under ``torch.func.functional_call``/``vmap``
 (BatchNorm models in eval mode).
 """
 
-from fedleak.models import convnet, lenet, mlp, resnet  # noqa: F401  (registers the builders)
+from fedleak.models import convnet, latent, lenet, mlp, resnet  # noqa: F401  (registers builders)
 from fedleak.models.base import MODELS, available_models, build_model, model_options
 from fedleak.models.normalize import Normalize
 from fedleak.models.utils import bn_layers

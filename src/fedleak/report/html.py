@@ -64,6 +64,7 @@ _LEAKAGE_COLUMNS: tuple[tuple[str, str, str], ...] = (
      "client's originals. 0 = no better than the attacker's prior image; > 0 = the attack "
      "recovered more than the prior."),
     ("label_accuracy", "label acc.", "Share of the client's labels the attack recovered."),
+    ("t_accuracy", "t acc.", "Share of a diffusion client's private timesteps recovered."),
     ("attack_loss", "attack loss",
      "Final attack objective (update-matching loss); a good fit is not always a good image."),
     ("iterations", "iterations", "Attack iterations run."),
@@ -96,6 +97,7 @@ _SWEEP_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 _DIGITS = {
     "psnr": ".2f", "flat_psnr": ".2f", "ssim": ".3f", "rdlv": ".3f", "label_accuracy": ".3f",
+    "t_accuracy": ".3f",
     "accuracy": ".3f", "f1": ".3f", "semantic_accuracy": ".3f", "threshold_rdlv": ".3f",
     "threshold_ssim": ".3f", "mse": ".3g", "attack_loss": ".3g", "seconds": ".1f",
 }
@@ -288,6 +290,9 @@ def _summary(
         rows.append(("rounds", str(len(rounds))))
         if acc:
             rows.append(("final test accuracy", f"{acc[-1]:.3f}"))
+        loss = [a for r in rounds if (a := _finite(r.get("test_loss"))) is not None]
+        if loss:
+            rows.append(("final test loss (DDPM)", f"{loss[-1]:.4f}"))
     if leakage:
         rows.append(("audited updates", str(len(leakage))))
         rows.append(("clients audited", str(len({str(r.get("client")) for r in leakage}))))
@@ -446,7 +451,13 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None) -> Path:
             '<section id="config"><h2>Configuration</h2><details open><summary>config.json'
             f'</summary><pre class="config">{_esc(cfg_text)}</pre></details></section>'
         )
-        if rounds:
+        if rounds and any(r.get("test_loss") is not None for r in rounds):
+            nav.append(("accuracy", "Utility"))
+            sections.append('<section id="accuracy"><h2>Test loss of the diffusion model</h2>'
+                            + plot(plot_accuracy, rounds, "test loss per round",
+                                   metric="test_loss")
+                            + "</section>")
+        elif rounds:
             nav.append(("accuracy", "Accuracy"))
             sections.append('<section id="accuracy"><h2>Test accuracy</h2>'
                             + plot(plot_accuracy, rounds, "test accuracy per round")

@@ -295,22 +295,30 @@ def plot_leakage_vs(
     return _save(fig, path)
 
 
-def plot_accuracy(rounds: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_accuracy(
+    rounds: Sequence[Mapping[str, Any]], path: str | Path, *, metric: str = "accuracy"
+) -> Path:
     """Test accuracy per round, from rounds.jsonl: what the defense cost the federation.
 
+    ``metric="test_loss"`` draws a diffusion federation's utility (its DDPM test loss) instead.
+
     Raises:
-        ConfigError: a path not ending in .png.
-        DataError: no records, or none with a finite round and accuracy.
+        ConfigError: a path not ending in .png, or another metric.
+        DataError: no records, or none with a finite round and value.
     """
     caller = "plot_accuracy"
+    if metric not in ("accuracy", "test_loss"):
+        raise ConfigError(
+            f"`metric` of {caller} must be 'accuracy' or 'test_loss'; got {metric!r}."
+        )
     path = _check_path(path, caller)
     recs = _check_records(rounds, "rounds", caller, "round record")
     pts = sorted(
         (x, y) for r in recs
-        if (x := _num(r.get("round"))) is not None and (y := _num(r.get("accuracy"))) is not None
+        if (x := _num(r.get("round"))) is not None and (y := _num(r.get(metric))) is not None
     )
     if not pts:
-        raise _no_values("rounds", caller, "accuracy", len(recs))
+        raise _no_values("rounds", caller, metric, len(recs))
     fig, ax = _new_figure()
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) <= 50 else None,
             ms=4, color="C2")
@@ -318,8 +326,9 @@ def plot_accuracy(rounds: Sequence[Mapping[str, Any]], path: str | Path) -> Path
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"Test accuracy per round (last: {pts[-1][1]:.3f})")
+    name = "test accuracy" if metric == "accuracy" else "test loss (DDPM)"
+    ax.set_ylabel(name)
+    ax.set_title(f"{name[0].upper() + name[1:]} per round (last: {pts[-1][1]:.3f})")
     return _save(fig, path)
 
 

@@ -11,17 +11,15 @@ import dataclasses
 import itertools
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fedleak._config_io import apply_overrides, read_config_file
 from fedleak.attacks import ATTACKS
 from fedleak.audit.config import from_dict
 from fedleak.defenses import FILTERS, TRAINING_DEFENSES, make_filter, make_training_defense
-from fedleak.errors import ConfigError, DataError, FedleakError
+from fedleak.errors import ConfigError, FedleakError
 from fedleak.models import MODELS
 
 __all__ = [
@@ -334,40 +332,6 @@ def load_sweep_config(
     elif source is None:
         data = {}
     else:
-        data = _read(Path(source))
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"an override must look like section.key=value; got {item!r}.")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: `{p}` is not a section.")
-        node[parts[-1]] = value
+        data = read_config_file(source, "sweep config")
+    apply_overrides(data, overrides)
     return SweepConfig.from_dict(data)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path}: sweep config file not found.")
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-        else:
-            raise DataError(f"{path}: expected a .yaml, .yml or .toml sweep config.")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0]
-        raise DataError(f"{path}: not valid {suffix[1:].upper()}: {first}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: the sweep config must be a mapping at the top level.")
-    return data

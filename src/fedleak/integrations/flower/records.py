@@ -27,7 +27,7 @@ from torch import nn
 
 from fedleak.errors import ConfigError, UpdateError
 from fedleak.fl import ClientUpdate, TrainingConfig
-from fedleak.fl.client import bn_buffers, bn_momentum
+from fedleak.fl.client import bn_buffers, bn_momentum, fedsgd_training
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -297,16 +297,7 @@ def derive_training(
     bn_mode = options.get("bn_mode", "train")
     mom = bn_momentum(model)
     if protocol == "fedsgd":
-        return TrainingConfig(
-            protocol="fedsgd",
-            lr=lr,
-            local_steps=1,
-            batch_size=n,
-            batch_sizes=(n,),
-            bn_mode=bn_mode,
-            bn_momentum=mom,
-            shuffle=False,
-        )
+        return fedsgd_training(n, lr=lr, bn_mode=bn_mode, bn_momentum=mom)
     epochs, steps = options.get("local_epochs"), options.get("local_steps")
     if epochs is not None and steps is not None:
         raise ConfigError("the train config gives `local-epochs` and `local-steps`; give one.")

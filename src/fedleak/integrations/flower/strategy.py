@@ -18,6 +18,7 @@ in-process engine's rounds exactly.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -127,8 +128,10 @@ class AuditStrategy(Strategy):
             raise ConfigError(f"`on_error` must be 'skip' or 'raise'; got {on_error!r}.")
         self.strategy = strategy if strategy is not None else FedAvg()
         self.model_fn = model_fn
-        self.schedule = schedule or AuditSchedule()
-        sched = self.schedule
+        sched = schedule or AuditSchedule()
+        if sched.attack is None:  # unset in a config: the classification default
+            sched = dataclasses.replace(sched, attack="inverting-gradients")
+        self.schedule = sched
         if sched.grant_labels and truth is None:
             raise ConfigError(
                 "`grant_labels` gives the attacker the true labels; it needs `truth`."

@@ -6,12 +6,14 @@ an untrained ConvNet (4 conv 3x3 + BN + ReLU, widths 32/64/128/128, max-pool aft
 3rd, 2 classes), BN in eval mode for FedSGD. Labels are not granted (recovered from the update).
 
 * FedSGD, inverting-gradients: flatten head batch 1 (target >= 40 dB) and batch 4 (>= 18 dB),
-  GAP head batch 1 (>= 19 dB); gradinversion on the same settings for comparison.
+  GAP head batch 1 (>= 19 dB, with ``layer_weights="linear"`` and 4 restarts; the defaults
+  are printed beside it); gradinversion on the same settings for comparison.
 * FedAvg with BN in train mode (4 images, batch 2, 2 local SGD steps, lr 0.01): each entry of
   FEDAVG_ATTACKS at equal iterations; names that are not registered are skipped. This client
   holds 2 faces and 2 non-face patches (labels 0, 1, 0, 1; each batch one of each): with four
   faces (one label) the untrained model is saturated after the first step at any lr >= 0.01
   (loss exactly 0), so the second batch's images would not be in the weight update at all.
+  Target: bn-fedavg >= 2 dB above inverting-gradients with the pseudo-gradient (printed last).
 
 Beside every PSNR it prints the flat-image baseline (what a featureless blob at the image mean
 scores) and the iterations/seconds needed to reach 15 dB, measured with the Checkpoint callback
@@ -55,7 +57,7 @@ class Setting:
     observe: dict[str, Any]
     attacks: tuple[tuple[str, dict[str, Any]], ...]
     mixed: bool = False  # faces and non-faces alternating (labels 0, 1, 0, 1) instead of faces
-    targets: dict[str, float] = field(default_factory=dict)  # per attack name, default options
+    targets: dict[str, float] = field(default_factory=dict)  # per row tag (see label())
 
 
 FEDSGD = {"bn_mode": "eval"}
@@ -74,20 +76,28 @@ FEDAVG_ATTACKS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("gradinversion", {"fedavg": "replay"}),
     ("bn-fedavg", {}),
 )
+def label(name: str, options: dict[str, Any]) -> str:
+    return name + "".join(f" {k}={v}" for k, v in options.items())
+
+
 IG = "inverting-gradients"
+# A global-average-pool head pools spatial detail away; there the first layers carry it, and
+# Geiping's "linear" layer weights (first layer 1, decaying) with 4 restarts is what reaches the
+# target (measured: defaults 17.75 dB; linear 19.20; linear + 4 restarts 19.37). On the flatten
+# head "linear" costs 5 dB at batch 4 (23.35 -> 18.25), so it is not the default.
+IG_GAP = (IG, {"layer_weights": "linear", "restarts": 4})
 SETTINGS = (
     Setting("flatten-b1", "flatten", 1, FEDSGD, FEDSGD_ATTACKS, targets={IG: 40.0}),
     Setting("flatten-b4", "flatten", 4, FEDSGD, FEDSGD_ATTACKS, targets={IG: 18.0}),
-    Setting("gap-b1", "gap", 1, FEDSGD, FEDSGD_ATTACKS, targets={IG: 19.0}),
+    Setting("gap-b1", "gap", 1, FEDSGD, (*FEDSGD_ATTACKS, IG_GAP),
+            targets={label(*IG_GAP): 19.0}),
     Setting("fedavg-bntrain-b4", "flatten", 4, FEDAVG, FEDAVG_ATTACKS, mixed=True),
 )
+# seed 000's claim: bn-fedavg beats IG with the pseudo-gradient by this much at equal iterations
+BN_MARGIN = ("fedavg-bntrain-b4", "bn-fedavg", label(IG, {"fedavg": "pseudo-gradient"}), 2.0)
 
 
 SHORT = {"inverting-gradients": "IG", "gradinversion": "GI"}
-
-
-def label(name: str, options: dict[str, Any]) -> str:
-    return name + "".join(f" {k}={v}" for k, v in options.items())
 
 
 def short_label(name: str, options: dict[str, Any]) -> str:
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {tag}: failed: {exc}")
                 table.append((st.name, tag, None, None, f"error: {exc}"[:60]))
                 continue
-            target = st.targets.get(name) if not options else None
+            target = st.targets.get(tag)
             verdict = "" if target is None else ("met" if r["psnr"] >= target else "NOT met")
             reach = (
                 f"{r['reach_it']} it / {r['reach_s']:.1f} s" if r["reach_it"] else "never"
@@ -231,6 +241,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{sname:<18} {tag:<42} {r['psnr']:6.2f} {r['flat']:6.2f} {r['ssim']:6.3f} "
             f"{r['label_acc']:4.2f} {it!s:>7} {sec:>7} {r['seconds']:6.1f}  {tgt}"
         )
+    found = {(sname, tag): r for sname, tag, r, _, _ in table if r is not None}
+    sname, a, b, margin = BN_MARGIN
+    if (sname, a) in found and (sname, b) in found:
+        gain = found[(sname, a)]["psnr"] - found[(sname, b)]["psnr"]
+        print(f"\n{a} - {b} on {sname}: {gain:+.2f} dB (target >= +{margin:g}: "
+              f"{'met' if gain >= margin else 'NOT met'})")
 
 
 if __name__ == "__main__":

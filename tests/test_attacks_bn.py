@@ -242,3 +242,29 @@ def test_analytic_refuses_a_convnet_and_adam() -> None:
     )
     with pytest.raises(ConfigError, match="adam"):
         attack("analytic", mlp, adam)
+
+
+def test_bn_fedavg_beats_ig_pseudo_gradient_on_a_bn_train_fedavg_client() -> None:
+    """Seed 000's claim, small: BN statistics pin what train-mode BN hides from the update.
+
+    Two faces and two non-faces (labels 0, 1, 0, 1), batch 2, 2 local SGD steps, BN in train
+    mode, labels recovered; both attacks run the same iterations. The client's batch order is
+    unknown: bn-fedavg's restarts try every spread of the labels over the batches.
+    """
+    from fedleak.data import load_dataset
+
+    ds = load_dataset("lfw-faces", size=16, split="all")
+    faces, other = ds.images[ds.labels == 0], ds.images[ds.labels == 1]
+    images = torch.stack([faces[0], other[0], faces[1], other[1]])
+    labels = torch.tensor([0, 1, 0, 1])
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=(1, 16, 16), num_classes=2, widths=(16, 32),
+                        pool_after=(0,))
+    update = observe(model, images, labels, protocol="fedavg", batch_size=2, local_steps=2,
+                     lr=0.01, bn_mode="train", shuffle=False)
+    bn = attack("bn-fedavg", model, update, iterations=250, seed=0)
+    ig = attack("inverting-gradients", model, update, iterations=250, fedavg="pseudo-gradient",
+                seed=0)
+    p_bn, p_ig = score(bn, images)["psnr"], score(ig, images)["psnr"]
+    assert bn.extras["init"] == "random" and len(bn.restart_losses) > 1  # spreads tried
+    assert p_bn >= p_ig + 2.0, (p_bn, p_ig, bn.labels.tolist())

@@ -72,6 +72,7 @@ from fedleak.fl.update import ClientUpdate, TrainingConfig
 from fedleak.models.utils import bn_layers
 
 StepStats = list[tuple[torch.Tensor, torch.Tensor]]  # per BN layer: (mean, biased var)
+MAX_ARRANGEMENTS = 8  # restarts=None: at most this many label spreads, one restart each
 
 
 class StatsReplay(UpdateSimulator):
@@ -160,11 +161,14 @@ class BNFedAvg(Attack):
 
     Knowledge: architecture, training details (level C; a prior image at level D is used for
     the start and the prior term) and the BN buffers in the update. Labels are recovered from
-    the update unless granted. ``warmup`` defaults to 5% of ``iterations``.
+    the update unless granted. ``warmup`` defaults to 5% of ``iterations``. ``restarts=None``
+    (default) runs one restart per distinct spread of the labels over the local batches (at
+    most :data:`MAX_ARRANGEMENTS`): the client's batch order is unknown, and a replay with the
+    wrong spread cannot fit (measured: 11.2 dB with the first spread only, 22.3 dB with all).
     """
 
     iterations: int = 2000
-    restarts: int = 1
+    restarts: int | None = None
     lr: float = 0.1
     betas: tuple[float, float] = (0.9, 0.9)
     warmup: int | None = None
@@ -181,7 +185,7 @@ class BNFedAvg(Attack):
     requires = frozenset({"architecture", "training_details"})
 
     def _validate(self) -> None:
-        if self.iterations < 1 or self.restarts < 1:
+        if self.iterations < 1 or (self.restarts is not None and self.restarts < 1):
             raise ConfigError(
                 f"`iterations` and `restarts` of bn-fedavg must be >= 1; got {self.iterations}, "
                 f"{self.restarts}."
@@ -284,8 +288,16 @@ class BNFedAvg(Attack):
         """Optimize R restarts jointly; the restart with the lowest attack loss wins."""
         terms = self.objective(inputs)
         start = time.perf_counter()
-        shape = (self.restarts, inputs.num_images, *inputs.image_shape)
         gen = inputs.generator()
+        cfg = inputs.update.training
+        sizes = (cfg.batch_sizes or (cfg.batch_size,) * cfg.local_steps) if cfg else ()
+        assert inputs.labels is not None  # objective() checked it
+        # restarts cycle through the distinct spreads of the labels over the local batches
+        labels = inputs.labels.reshape(-1)
+        options = label_arrangements(labels, sizes, self.restarts or MAX_ARRANGEMENTS, gen)
+        restarts = self.restarts or options.shape[0]
+        ys = options[torch.arange(restarts) % options.shape[0]]
+        shape = (restarts, inputs.num_images, *inputs.image_shape)
         prior = inputs.threat.prior
         kind = self.init
         if kind == "auto":
@@ -294,13 +306,6 @@ class BNFedAvg(Attack):
         if kind in ("prior", "constant") and self.init_noise > 0:
             x0 = (x0 + self.init_noise * torch.randn(shape, generator=gen)).clamp(0, 1)
         warmup = self.warmup if self.warmup is not None else max(1, self.iterations // 20)
-
-        cfg = inputs.update.training
-        sizes = (cfg.batch_sizes or (cfg.batch_size,) * cfg.local_steps) if cfg else ()
-        assert inputs.labels is not None  # objective() checked it
-        # restarts cycle through the distinct spreads of the labels over the local batches
-        options = label_arrangements(inputs.labels.reshape(-1), sizes, self.restarts, gen)
-        ys = options[torch.arange(self.restarts) % options.shape[0]]
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.total(terms(v["images"], ys))

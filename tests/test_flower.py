@@ -520,6 +520,8 @@ def test_deployment_on_loopback_runs_the_example_app(tmp_path):
         marker.split("=")[0]: marker.split("=")[1],
     }
     bindir = Path(sys.executable).parent
+    # the SuperLink starts `flower-superexec` by name: find it even without an activated venv
+    env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
     link = free_port()
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{link}"\n'

@@ -32,13 +32,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="300 attack iterations instead of 1000")
     ap.add_argument("--data", default=None, help="data spec (default: the configs' lfw-faces)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/seed000"))
+    ap.add_argument("--parts", default="1,2,3", help="which of the three audits to run")
     args = ap.parse_args()
+    parts = {int(p) for p in args.parts.split(",")}
     iters = 300 if args.quick else 1000
     common = [f'audit.options={{"iterations": {iters}}}']
     if args.data:
         common.append(f"data.name={args.data}")
 
-    # 1. who leaks: clients with 1..32 images and batch sizes 1..8
+    if 1 in parts:
+        who_leaks(args, common, iters)
+    if 2 in parts:
+        noise(args, common)
+    if 3 in parts:
+        self_check(args, common, iters)
+
+
+def who_leaks(args: argparse.Namespace, common: list[str], iters: int) -> None:
+    """1. Clients with 1..32 images and batch sizes 1..8."""
     recs, rounds, summary = audit("examples/audit-seed000.yaml", args.out / "clients", common)
     print(f"\n1. Leakage per client (FedAvg, BN train mode, {iters} iterations of "
           f"inverting-gradients; {summary['wall']:.0f} s)")
@@ -55,7 +66,10 @@ def main() -> None:
               f"{max(x['rdlv'] for x in rs):7.3f}  {[x['round'] for x in rs]}")
     print("test accuracy per round:", [round(r["accuracy"], 3) for r in rounds])
 
-    # 2. leakage vs noise (sigma0) with accuracy
+
+
+def noise(args: argparse.Namespace, common: list[str]) -> None:
+    """2. Leakage and accuracy against the Gaussian filter's sigma0."""
     print("\n2. Gaussian privacy filter: leakage of the 1-image client vs sigma0")
     print(f"{'sigma0':>7} {'PSNR':>7} {'SSIM':>6} {'RDLV':>7} {'accuracy':>8}")
     all_recs, acc = [], {}
@@ -76,7 +90,10 @@ def main() -> None:
                            metric="rdlv", accuracy=acc)
     print("plot:", plot)
 
-    # 3. the client's own check
+
+
+def self_check(args: argparse.Namespace, common: list[str], iters: int) -> None:
+    """3. The client's own check, deciding per update."""
     recs, rounds, summary = audit(
         "examples/audit-noise.toml", args.out / "selfcheck",
         [*common, 'filters=[{"name": "gaussian", "options": {"sigma0": 0.0}}]',

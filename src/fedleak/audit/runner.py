@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import fedleak
-from fedleak.audit.config import AuditConfig
+from fedleak.audit.config import AuditConfig, ClientSpec
 from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset, load_dataset, partition, resize, to_channels
 from fedleak.defenses import compose, make_filter
@@ -148,7 +148,44 @@ def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
             w.writerow(r)
 
 
-def _check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
+def federation_data(cfg: AuditConfig) -> tuple[ImageDataset, ImageDataset, list[torch.Tensor]]:
+    """The training split, the public (test) split and each client's indices, as configured.
+
+    Shared by the in-process engine and the Flower apps, so both federate the same clients.
+    """
+    train = load_dataset(cfg.data.name, size=cfg.data.size, channels=cfg.data.channels)
+    public = load_dataset(
+        cfg.data.name, size=cfg.data.size, channels=cfg.data.channels, split="test"
+    )
+    sizes = [c.images for c in cfg.federation.clients]
+    if sum(sizes) > len(train):
+        raise ConfigError(
+            f"the clients hold {sum(sizes)} images but {cfg.data.name!r} has {len(train)} "
+            "training images; reduce `federation.clients[*].images`."
+        )
+    parts = partition(train.labels, len(sizes), scheme="sizes", sizes=sizes, seed=cfg.seed)
+    return train, public, parts
+
+
+def client_training(spec: ClientSpec) -> dict[str, Any]:
+    """A client's own local-training options (its unset fields fall back to ``train``)."""
+    own = {
+        k: v
+        for k, v in (
+            ("batch_size", spec.batch_size),
+            ("local_epochs", spec.local_epochs),
+            ("local_steps", spec.local_steps),
+            ("lr", spec.lr),
+        )
+        if v is not None
+    }
+    if "local_steps" in own:
+        own["local_epochs"] = None
+    return own
+
+
+def check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
+    """Resume only the same config, and never overwrite an audit."""
     cfg_path = out / "config.json"
     if resume:
         if not cfg_path.is_file():
@@ -174,36 +211,15 @@ def run_audit(
     """Run the audit described by ``cfg`` into the folder ``out``; returns a summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg, resume)
+    check_resume(out, cfg, resume)
     write_config(out, {"audit_config": cfg.to_dict()}, "audit")
     t0 = time.perf_counter()
     fed, aud, sc = cfg.federation, cfg.audit, cfg.selfcheck
-    train = load_dataset(cfg.data.name, size=cfg.data.size, channels=cfg.data.channels)
-    public = load_dataset(
-        cfg.data.name, size=cfg.data.size, channels=cfg.data.channels, split="test"
-    )
-    sizes = [c.images for c in fed.clients]
-    if sum(sizes) > len(train):
-        raise ConfigError(
-            f"the clients hold {sum(sizes)} images but {cfg.data.name!r} has {len(train)} "
-            "training images; reduce `federation.clients[*].images`."
-        )
-    parts = partition(train.labels, len(sizes), scheme="sizes", sizes=sizes, seed=cfg.seed)
-    clients = []
-    for spec, idx in zip(fed.clients, parts, strict=True):
-        own = {
-            k: v
-            for k, v in (
-                ("batch_size", spec.batch_size),
-                ("local_epochs", spec.local_epochs),
-                ("local_steps", spec.local_steps),
-                ("lr", spec.lr),
-            )
-            if v is not None
-        }
-        if "local_steps" in own:
-            own["local_epochs"] = None
-        clients.append(ClientData(train.images[idx], train.labels[idx], train=own))
+    train, public, parts = federation_data(cfg)
+    clients = [
+        ClientData(train.images[idx], train.labels[idx], train=client_training(spec))
+        for spec, idx in zip(fed.clients, parts, strict=True)
+    ]
     diffusion = cfg.task == "diffusion"
     truth: dict[tuple[int, str], torch.Tensor] = {}  # diffusion: each client's private t
     torch.manual_seed(cfg.seed)

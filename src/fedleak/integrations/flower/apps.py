@@ -26,9 +26,9 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from fedleak.audit.config import AuditConfig, from_dict
-from fedleak.audit.runner import load_prior
+from fedleak.audit.runner import check_resume, client_training, federation_data, load_prior
 from fedleak.audit.selfcheck import SelfCheck
-from fedleak.data import ImageDataset, load_dataset, partition
+from fedleak.data import ImageDataset
 from fedleak.defenses import compose, make_filter
 from fedleak.defenses.filters import Compose
 from fedleak.errors import ConfigError
@@ -71,33 +71,8 @@ class Federation:
     @classmethod
     def build(cls, cfg: AuditConfig) -> Federation:
         """Load data, partition it and build the initial model as run_audit does."""
-        fed = cfg.federation
-        train = load_dataset(cfg.data.name, size=cfg.data.size, channels=cfg.data.channels)
-        public = load_dataset(
-            cfg.data.name, size=cfg.data.size, channels=cfg.data.channels, split="test"
-        )
-        sizes = [c.images for c in fed.clients]
-        if sum(sizes) > len(train):
-            raise ConfigError(
-                f"the clients hold {sum(sizes)} images but {cfg.data.name!r} has {len(train)} "
-                "training images; reduce `federation.clients[*].images`."
-            )
-        parts = partition(train.labels, len(sizes), scheme="sizes", sizes=sizes, seed=cfg.seed)
-        client_train: dict[int, dict[str, Any]] = {}
-        for i, spec in enumerate(fed.clients):
-            own = {
-                k: v
-                for k, v in (
-                    ("batch_size", spec.batch_size),
-                    ("local_epochs", spec.local_epochs),
-                    ("local_steps", spec.local_steps),
-                    ("lr", spec.lr),
-                )
-                if v is not None
-            }
-            if "local_steps" in own:
-                own["local_epochs"] = None
-            client_train[i] = own
+        train, public, parts = federation_data(cfg)
+        client_train = {i: client_training(spec) for i, spec in enumerate(cfg.federation.clients)}
         prior = load_prior(cfg.audit.prior, public)
         sc = cfg.selfcheck
         if sc.enabled and sc.rdlv_threshold is not None and prior is None:
@@ -240,22 +215,6 @@ def make_client_app(
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
     return app
-
-
-def check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
-    """The in-process engine's rule: resume only the same config, never overwrite an audit."""
-    cfg_path = out / "config.json"
-    if resume:
-        if not cfg_path.is_file():
-            raise ConfigError(f"{out}: nothing to resume (no config.json); drop --resume.")
-        old = json.loads(cfg_path.read_text())
-        if old.get("audit_config") != json.loads(json.dumps(cfg.to_dict())):
-            raise ConfigError(
-                f"{out}: the config differs from the one this run started with; resume with the "
-                "same config or choose another --out."
-            )
-    elif (out / "leakage.jsonl").exists() or (out / "state.pt").exists():
-        raise ConfigError(f"{out} already holds an audit; pass --resume or choose another --out.")
 
 
 def serve_audit(

@@ -334,9 +334,9 @@ def run_audit(
         }
         true_t = truth.get((r, str(c)))
         if true_t is not None and "t" in rec.extras:
-            found = rec.extras["t"]
-            hits = [int(found[i]) == int(true_t[j]) for i, j in s["pairing"]]
-            record["t_accuracy"] = sum(hits) / len(hits)
+            from fedleak.diffusion import t_accuracy
+
+            record["t_accuracy"] = t_accuracy(rec.extras["t"], true_t, s["pairing"])
         for f in cfg.filters:
             if f.name == "gaussian":
                 record["sigma0"] = f.options.get("sigma0")

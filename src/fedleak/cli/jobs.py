@@ -164,7 +164,14 @@ def run_diffusion_attack_job(
     score t recovery even when they stay private (they never reach the attack).
     """
     from fedleak.attacks import ATTACKS
-    from fedleak.diffusion import NoiseSchedule, UNet, UNetConfig, diffusion_update, prior_for
+    from fedleak.diffusion import (
+        NoiseSchedule,
+        UNet,
+        UNetConfig,
+        diffusion_update,
+        prior_for,
+        t_accuracy,
+    )
     from fedleak.diffusion.client import draw_noise
 
     if job.attack not in DIFFUSION_ATTACKS:
@@ -227,9 +234,7 @@ def run_diffusion_attack_job(
         more={"phase 1": phase1} if torch.is_tensor(phase1) else None,
     )
     if true_t is not None and "t" in rec.extras:
-        pairs = result["scores"]["pairing"]
-        hits = [int(rec.extras["t"][i]) == int(true_t[j]) for i, j in pairs]
-        result["t_accuracy"] = sum(hits) / len(hits)
+        result["t_accuracy"] = t_accuracy(rec.extras["t"], true_t, result["scores"]["pairing"])
         result["true_t"] = true_t.tolist()
         write_json(out / "metrics.json", result)
     return result

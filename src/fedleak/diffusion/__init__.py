@@ -10,7 +10,7 @@ from fedleak.diffusion.client import (
     diffusion_update,
     parse_diffusion_loss,
 )
-from fedleak.diffusion.federation import diffusion_test_loss, diffusion_trainer
+from fedleak.diffusion.federation import diffusion_test_loss, diffusion_trainer, t_accuracy
 from fedleak.diffusion.prior import load_model, prior_for, save_model, train_prior
 from fedleak.diffusion.schedule import (
     NoiseSchedule,
@@ -39,6 +39,7 @@ __all__ = [
     "parse_diffusion_loss",
     "prior_for",
     "save_model",
+    "t_accuracy",
     "to_model_space",
     "train_prior",
 ]

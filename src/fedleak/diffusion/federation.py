@@ -9,7 +9,7 @@ gradient or delta instead of a classifier's. Labels are ignored: the DDPM loss h
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -110,3 +110,15 @@ def diffusion_test_loss(
     finally:
         model.train(was_training)
     return total / max(images.shape[0], 1)
+
+
+def t_accuracy(
+    found: Sequence[int], truth: torch.Tensor, pairing: Sequence[tuple[int, int]]
+) -> float:
+    """Share of the client's private timesteps an attack recovered, under the image pairing.
+
+    ``found`` is the attack's t per reconstruction, ``truth`` the client's t per original and
+    ``pairing`` the (reconstruction, original) pairs of the best-match scoring.
+    """
+    hits = [int(found[i]) == int(truth[j]) for i, j in pairing]
+    return sum(hits) / len(hits) if hits else float("nan")

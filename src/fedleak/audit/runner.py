@@ -200,6 +200,20 @@ def check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
         raise ConfigError(f"{out} already holds an audit; pass --resume or choose another --out.")
 
 
+def restore_rounds(out: Path, model: nn.Module, resume: bool) -> int:
+    """The round to start from: on resume, load the global model of the last finished round
+    (``state.pt``) into ``model`` and drop any later round records; else round 1."""
+    start_round = 1
+    state_path = out / "state.pt"
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        start_round = int(state["round"]) + 1
+    rounds_done = [r for r in read_jsonl(out / "rounds.jsonl") if r["round"] < start_round]
+    (out / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds_done))
+    return start_round
+
+
 def run_audit(
     cfg: AuditConfig,
     out: str | Path,
@@ -245,14 +259,8 @@ def run_audit(
     filter_desc = ", ".join(f.name for f in cfg.filters) or "none"
 
     # resume: the global model after the last finished round, and what was already done
-    start_round = 1
+    start_round = restore_rounds(out, model, resume)
     state_path = out / "state.pt"
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        start_round = int(state["round"]) + 1
-    rounds_done = [r for r in read_jsonl(out / "rounds.jsonl") if r["round"] < start_round]
-    (out / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds_done))
     leakage = read_jsonl(out / "leakage.jsonl")
     done = {(r["round"], r["client"]) for r in leakage}
     checks = {(r["round"], r["client"]): r for r in read_jsonl(out / "selfcheck.jsonl")}

@@ -26,7 +26,13 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from fedleak.audit.config import AuditConfig, from_dict
-from fedleak.audit.runner import check_resume, client_training, federation_data, load_prior
+from fedleak.audit.runner import (
+    check_resume,
+    client_training,
+    federation_data,
+    load_prior,
+    restore_rounds,
+)
 from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset
 from fedleak.defenses import compose, make_filter
@@ -244,14 +250,8 @@ def serve_audit(
     model = fed.model()
     model.load_state_dict(fed.initial)
 
-    start_round = 1
+    start_round = restore_rounds(out, model, resume)
     state_path = out / "state.pt"
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        start_round = int(state["round"]) + 1
-    rounds_done = [r for r in read_jsonl(out / "rounds.jsonl") if r["round"] < start_round]
-    (out / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds_done))
     checks = [r for r in read_jsonl(out / "selfcheck.jsonl") if r["round"] < start_round]
     (out / "selfcheck.jsonl").write_text("".join(json.dumps(r) + "\n" for r in checks))
     done = {(r["round"], r["client"]) for r in read_jsonl(out / "leakage.jsonl")}

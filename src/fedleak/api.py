@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from fedleak.attacks import ATTACKS, AttackInputs, Checkpoint, Reconstruction, recover_labels
+from fedleak.attacks import (
+    ATTACKS,
+    Attack,
+    AttackInputs,
+    Checkpoint,
+    Reconstruction,
+    recover_labels,
+)
+from fedleak.attacks.fit import FitCheck, verdict
 from fedleak.attacks.labels import last_linear
 from fedleak.errors import ConfigError, UpdateError
 from fedleak.fl.client import local_update
@@ -40,6 +49,7 @@ def attack(
     callback: Callable[[Checkpoint], None] | None = None,
     checkpoint_every: int = 100,
     progress: Callable[[int, float], None] | None = None,
+    truth: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     **options: Any,
 ) -> Reconstruction:
     """Reconstruct the client's images from ``update`` with the attack ``name``.
@@ -52,7 +62,11 @@ def attack(
         image_shape: (C, H, W); default ``model.input_shape`` (set by fedleak's models).
         callback: receives a :class:`Checkpoint` every ``checkpoint_every`` iterations; the
             place where a simulation that knows the truth can score progress.
+        truth: (images, labels) where a simulation knows them: used after the attack, only
+            for the fit check's verdict (:mod:`fedleak.attacks.fit`), never to choose anything.
         options: the attack's hyperparameters (``iterations``, ``restarts``, ...).
+
+    The result's ``fit`` says whether the attack fitted the update (always filled in).
     """
     cls = ATTACKS.get(name)
     atk = cls.create(**options)
@@ -101,7 +115,29 @@ def attack(
     rec = atk.reconstruct(inputs)
     if not bool(torch.isfinite(rec.images).all()):
         raise UpdateError(f"attack {name!r} produced non-finite images.")
-    return rec
+    return dataclasses.replace(rec, fit=fit_check(atk, inputs, rec, truth))
+
+
+def fit_check(
+    atk: Attack,
+    inputs: AttackInputs,
+    rec: Reconstruction,
+    truth: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> FitCheck:
+    """The fit check of ``rec``: its objective, and the truth's where ``truth`` is known."""
+    at_rec = atk.objective_at(inputs, rec.images, rec.labels)
+    if at_rec is None:
+        return FitCheck(
+            verdict="unchecked",
+            attack_objective=float("nan"),
+            attack_residual=float("nan"),
+            note=f"attack {atk.name!r} has no objective to check",
+        )
+    at_truth = None
+    if truth is not None:
+        images, labels = truth
+        at_truth = atk.objective_at(inputs, images, labels)
+    return verdict(at_rec, at_truth)
 
 
 def score(

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from fedleak.attacks.fit import FitCheck, FitTerms
 from fedleak.errors import ConfigError
 from fedleak.fl.threat import ThreatModel
 from fedleak.fl.update import ClientUpdate
@@ -42,6 +43,7 @@ class Reconstruction:
         loss_history: attack loss of the chosen restart, one value per iteration.
         restart_losses: final (best) attack loss of each restart; ``best_restart`` indexes it.
         label_method: where the labels came from ("granted", "idlg", "count", "joint", ...).
+        fit: the fit check (:mod:`fedleak.attacks.fit`), set by the front door after the attack.
     """
 
     images: torch.Tensor
@@ -55,6 +57,7 @@ class Reconstruction:
     seconds: float
     label_method: str = "none"
     extras: dict[str, Any] = field(default_factory=dict)
+    fit: FitCheck | None = None
 
     @property
     def iterations_per_second(self) -> float:
@@ -75,6 +78,7 @@ class Reconstruction:
             "seconds": round(self.seconds, 3),
             "iterations_per_second": round(self.iterations_per_second, 2),
             **{k: v for k, v in self.extras.items() if isinstance(v, int | float | str | bool)},
+            "fit": None if self.fit is None else self.fit.to_dict(),
         }
 
 
@@ -116,6 +120,17 @@ class Attack(ABC):
     @abstractmethod
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Rebuild the client's images from ``inputs`` alone."""
+
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms | None:
+        """The attack's objective and matching residual at candidate ``images`` (N, C, H, W).
+
+        Used by the fit check, after the attack, at the reconstruction and (in simulations) at
+        the truth; it must evaluate exactly the objective the attack minimized, with
+        ``labels`` (N,) in place of the attack's own. None: the attack has no such objective.
+        """
+        return None
 
     @classmethod
     def options(cls) -> list[str]:

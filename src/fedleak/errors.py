@@ -44,3 +44,9 @@ def check_finite(tensors: dict, what: str) -> None:
             raise UpdateError(
                 f"{what}: tensor {name!r} holds NaN or inf values; refusing to use it."
             )
+
+
+def brief(exc: BaseException, limit: int = 200) -> str:
+    """``exc``'s message with whitespace collapsed, cut to ``limit`` characters (one line)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

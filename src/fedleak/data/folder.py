@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedleak.data._text import brief
 from fedleak.data.dataset import ImageDataset
 from fedleak.data.transforms import array_to_chw, check_channels, check_size, stack_images
 from fedleak.errors import DataError
@@ -68,9 +67,7 @@ def read_image(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore")
             arr = skio.imread(path)
     except Exception as exc:  # decoders raise many types (OSError, ValueError, SyntaxError, ...)
-        raise DataError(
-            f"{path}: cannot decode image ({brief(exc)}); expected a PNG or JPEG file."
-        ) from exc
+        raise DataError(f"{path}: not a readable PNG or JPEG image.") from exc
     return array_to_chw(arr, path)
 
 

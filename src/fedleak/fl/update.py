@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from fedleak.errors import ConfigError, DataError, UpdateError, check_finite
+from fedleak.errors import ConfigError, DataError, UpdateError, brief, check_finite
 
 Protocol = Literal["fedsgd", "fedavg"]
 OptimizerName = Literal["sgd", "adam"]
@@ -156,14 +158,14 @@ class ClientUpdate:
             raise DataError(
                 f"{path}: no such update file (expected a file written by ClientUpdate.save)."
             )
+        payload = load_tensors_safely(path, "fedleak client update")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
             meta = json.loads(payload["meta"])
             tensors, buffers = dict(payload["tensors"]), dict(payload["buffers"])
             shared = dict(payload.get("shared", {}))
         except Exception as exc:  # noqa: BLE001 - any failure means "not our format"
             raise DataError(
-                f"{path}: not a fedleak client update ({type(exc).__name__}: {exc})."
+                f"{path}: not a fedleak client update (missing or malformed {brief(exc)})."
             ) from None
         training = TrainingConfig.from_dict(meta["training"]) if meta.get("training") else None
         return cls(
@@ -176,3 +178,26 @@ class ClientUpdate:
             client_id=meta.get("client_id"),
             round=meta.get("round"),
         )
+
+
+def load_tensors_safely(path: str | Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True``, its failures turned into one line.
+
+    Never unpickles arbitrary objects: a file that holds anything but tensors and plain
+    containers is refused (PyTorch's own message, which suggests disabling the check, is
+    replaced), and its pickle warnings are silenced.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a {what}).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(
+            f"{path}: not a {what}: it is not a PyTorch file of plain tensors, or it holds "
+            "Python objects, which fedleak never unpickles."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - zip/EOF/runtime errors all mean "unreadable"
+        raise DataError(f"{path}: not a readable {what} ({brief(exc)}).") from None

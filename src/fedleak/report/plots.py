@@ -206,14 +206,31 @@ def plot_leakage_per_round(
                 label=label if legend else None)
     if metric == "rdlv":
         ax.axhline(0.0, color="k", ls="--", lw=1, label="prior level")
-    from matplotlib.ticker import MaxNLocator
+    if metric == "psnr":
+        # what a blob scores: the flat image at each original's mean, averaged per round
+        flat: dict[float, list[float]] = defaultdict(list)
+        for r in recs:
+            x, f = _num(r.get("round")), _num(r.get("flat_psnr"))
+            if x is not None and f is not None:
+                flat[x].append(f)
+        if flat:
+            xs = sorted(flat)
+            ax.plot(xs, [sum(flat[x]) / len(flat[x]) for x in xs], color="k", ls="--", lw=1,
+                    marker="_" if len(xs) == 1 else None, ms=12, label="flat image (no leakage)")
+    rounds = sorted({p[0] for pts in series.values() for p in pts})
+    if len(rounds) <= 10:  # label exactly the audited rounds (one round: no 0.96, 0.98, ...)
+        ax.set_xticks(rounds)
+        ax.set_xticklabels([_fmt(x) for x in rounds])
+        ax.minorticks_off()
+    else:
+        from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(_axis_label(metric))
     n_clients = len({k[0] for k in keys})
     ax.set_title(f"{metric.upper()} per audited round ({n_clients} clients)")
-    if legend or metric == "rdlv":
+    if legend or metric in ("rdlv", "psnr"):
         ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 

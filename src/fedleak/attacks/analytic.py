@@ -197,6 +197,9 @@ class Analytic(Attack):
     Knowledge: the architecture (level B) for FedSGD; FedAvg updates also need the training
     details (level C). ``tolerance``: relative precision to which rows must agree and the
     recovered batch must explain the gradient (float32 updates reach about 1e-6).
+
+    Options:
+        tolerance: relative precision the recovery must reach, or the attack refuses.
     """
 
     tolerance: float = 1e-4

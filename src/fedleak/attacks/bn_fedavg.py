@@ -165,6 +165,19 @@ class BNFedAvg(Attack):
     (default) runs one restart per distinct spread of the labels over the local batches (at
     most :data:`MAX_ARRANGEMENTS`): the client's batch order is unknown, and a replay with the
     wrong spread cannot fit (measured: 11.2 dB with the first spread only, 22.3 dB with all).
+
+    Options:
+        iterations, lr, betas: Adam (seed 000: lr 0.1, betas (0.9, 0.9)), warm-up + cosine.
+        restarts: None = one per label spread over the local batches, or a number.
+        warmup: warm-up iterations (default 5% of ``iterations``).
+        metric: update distance, "l2" (relative squared) or "cosine".
+        update_weight: weight of the update-matching term.
+        bn_weight: weight of matching the BN statistics inferred from the buffers.
+        bn_first: extra factor on the first BN layer (DeepInversion's first_bn_multiplier).
+        tv_weight: total-variation weight. l2_weight: weight of ||x - 0.5||.
+        prior_weight: weight of the distance to the prior image (level D).
+        init: "auto" (the prior image when granted, else random), "random", "constant",
+            "prior". init_noise: std of noise added to a prior/constant start.
     """
 
     iterations: int = 2000

@@ -700,8 +700,12 @@ class DiffusionIG(Attack):
         iterations, restarts, lr, signed, schedule: the Adam loop (R restarts batched; the
             lowest attack loss wins).
         metric: "l2" (relative squared distance) or "cosine".
-        tv: total-variation weight. joint_noise, eps_prior: see above.
+        tv: total-variation weight.
+        joint_noise: optimize the private noise eps with the image (needed without shared eps).
+        eps_prior: weight of the Gaussian NLL that keeps the optimized eps typical.
         t: the timesteps (one int, or one per image) instead of a search.
+        t_candidates: the timesteps the search tries (default all T).
+        search_iterations, search_restarts: the size of each short search attack.
         t_search: "enumerate" (default: one short attack per candidate in ``t_candidates``,
             default all T, ``search_iterations`` x ``search_restarts`` each, all batched),
             "embedding" (closed form) or "relaxed" (continuous t); see the module docstring.
@@ -908,6 +912,7 @@ class GIDM(_GIDMBase):
             Gaussian NLL keeps it typical); phase2_iterations, lr: Adam on the pixels, started
             from the phase-1 image (0 disables phase 2).
         restarts, signed, schedule, metric, tv: as in "diffusion-ig".
+        latent_prior: weight of the Gaussian NLL that keeps the initial noise x_T typical.
     Extras: ``phase1_images`` (N, C, H, W), ``t`` (the shared timesteps).
     """
 
@@ -945,6 +950,9 @@ class GIDMPlus(_GIDMBase):
     ``search_prior=True`` runs the short attacks through the prior's generator too.
     Defaults (8 restarts, K = 8 DDIM steps, 200 + 400 iterations) are those measured in
     ``benchmarks/diffusion_attacks.py``.
+
+    Options:
+        search_prior: run the timestep search's short attacks through the prior's generator.
 
     Extras: ``t`` (recovered, one per image), ``t_distances`` (per image, per candidate),
     ``phase1_images``, ``eps``.

@@ -31,6 +31,17 @@ class DLG(Attack):
     Knowledge: architecture and the number of images (level C: training details); labels are
     recovered from the update unless granted. FedAvg updates are matched via the pseudo-gradient
     unless ``replay=True``.
+
+    Options:
+        iterations: L-BFGS iterations per restart.
+        restarts: independent starts, run one after another; the lowest attack loss wins.
+        tolerance: stop a restart once its gradient distance is below this.
+        restart_above: a restart ending above this distance counts as stuck.
+        lr: L-BFGS step size. history_size: L-BFGS memory.
+        metric: "l2" (DLG's distance) or "l2-layer" (per-layer normalized L2).
+        joint_labels: optimize soft labels with the images (DLG) instead of using the
+            granted or recovered ones.
+        replay: match FedAvg deltas by replaying the local steps, not the pseudo-gradient.
     """
 
     iterations: int = 1500

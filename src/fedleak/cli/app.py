@@ -151,7 +151,7 @@ def attack(
         typer.Option(help="Resize images to SIZE x SIZE (0: native; default 32, diffusion 16)."),
     ] = None,
     channels: Annotated[int, typer.Option(help="1 or 3 (0: native).")] = 0,
-    model: Annotated[str, typer.Option(help="Model name (fedleak attacks --models).")] = "lenet",
+    model: Annotated[str, typer.Option(help="Model name (the list: fedleak attacks).")] = "lenet",
     model_option: Annotated[
         list[str] | None, typer.Option(help="Model option key=value (repeatable).")
     ] = None,
@@ -398,19 +398,31 @@ def datasets() -> None:
 
 @app.command(name="attacks")
 @friendly
-def list_attacks() -> None:
-    """List the attacks, the knowledge each needs and their options; and the models."""
+def list_attacks(
+    name: Annotated[
+        str | None, typer.Argument(help="One attack: show only its options.")
+    ] = None,
+) -> None:
+    """The attacks: the knowledge each needs, every option with its default and meaning; models."""
     from fedleak.attacks import ATTACKS
+    from fedleak.cli.reference import option_rows
     from fedleak.models import available_models
 
-    table = Table(title="Attacks")
-    for col in ("name", "needs", "options"):
-        table.add_column(col)
-    for name in ATTACKS.names():
-        cls = ATTACKS.get(name)
-        table.add_row(name, ", ".join(sorted(cls.requires)), ", ".join(cls.options()))
-    out_console.print(table)
-    out_console.print("Models: " + ", ".join(available_models()))
+    names = ATTACKS.names() if name is None else [ATTACKS.get(name).name]
+    for attack in names:
+        cls = ATTACKS.get(attack)
+        needs = ", ".join(sorted(cls.requires))
+        table = Table(title=f"{attack}  (needs: {needs})", title_justify="left")
+        for col in ("option", "default", "meaning"):
+            table.add_column(col, overflow="fold")
+        for option, default, meaning in option_rows(cls, ATTACKS):
+            table.add_row(option, default, meaning)
+        out_console.print(table)
+    out_console.print(
+        "Set them with `fedleak attack --option key=value` or in a config's attack options."
+    )
+    if name is None:
+        out_console.print("Models: " + ", ".join(available_models()))
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from fedleak.attacks import (
 )
 from fedleak.attacks.fit import FitCheck, verdict
 from fedleak.attacks.labels import last_linear
-from fedleak.errors import ConfigError, UpdateError
+from fedleak.errors import ConfigError, DataError, UpdateError, brief, check_finite
 from fedleak.fl.client import local_update
 from fedleak.fl.threat import ThreatModel
 from fedleak.fl.update import ClientUpdate
@@ -33,8 +34,43 @@ def observe(
     Keyword arguments are those of :func:`fedleak.fl.local_update` (``protocol="fedavg"``,
     ``local_steps``, ``batch_size``, ``lr``, ``optimizer``, ``bn_mode``, ...). ``model`` is not
     modified.
+
+    Raises:
+        DataError: images outside [0, 1], or labels outside the model's classes.
+        ConfigError: images whose shape the model cannot take.
     """
+    if torch.is_tensor(images) and images.numel() and images.is_floating_point():
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise DataError(
+                f"`images` of observe must lie in [0, 1] (models normalize inside); got values "
+                f"in [{lo:.3g}, {hi:.3g}]: pass the unnormalized images."
+            )
+    if torch.is_tensor(images) and images.ndim == 4 and torch.is_tensor(labels):
+        logits = _probe(model, images[:1], "`images`", tuple(images.shape[1:]))
+        k = logits.shape[-1] if logits.ndim == 2 else None
+        if k is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise DataError(
+                f"`labels` of observe must be class indices in [0, {k - 1}] (the model has {k} "
+                f"outputs); got values in [{int(labels.min())}, {int(labels.max())}]."
+            )
     return local_update(model, images, labels, **training)
+
+
+def _probe(model: nn.Module, x: torch.Tensor, what: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """One no-grad forward of ``x`` on a copy in eval mode: a shape error becomes one line."""
+    probe = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            out = probe(x)
+    except TypeError:  # a forward with more inputs (a diffusion UNet takes t): not ours to probe
+        return torch.empty(0)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{what} (C, H, W) = {shape} does not fit the model ({brief(exc)}); pass the "
+            "shape the model was built for."
+        ) from None
+    return out if torch.is_tensor(out) else torch.empty(0)
 
 
 def attack(
@@ -88,6 +124,10 @@ def attack(
     if shape is None:
         raise ConfigError("`image_shape` of attack is needed for a model without `input_shape`.")
     shape = tuple(int(s) for s in shape)
+    check_finite({**view.tensors, **view.buffers}, "client update")
+    param = next(model.parameters(), None)
+    _probe(model, torch.zeros((1, *shape), device=None if param is None else param.device),
+           "`image_shape`", shape)
     num_classes = last_linear(model)[1].out_features if cls.uses_labels else 0
     labels, method = None, "none"
     if threat.labels is not None:

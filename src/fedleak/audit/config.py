@@ -6,6 +6,7 @@ Every field can be overridden from the command line as ``section.field=value``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -173,7 +174,77 @@ class AuditConfig:
             )
         if sc.enabled and sc.rdlv_threshold is None and sc.ssim_threshold is None:
             raise ConfigError("the self-check needs `rdlv_threshold` or `ssim_threshold`.")
+        if not diffusion:
+            self._validate_training()
+        self._validate_attacks()
         return self
+
+    def _validate_training(self) -> None:
+        """Types of ``federation.train`` and each client's schedule, checked on its image count.
+
+        Runs the client's own schedule check on placeholder tensors of its size, so a bad value
+        stops the audit here instead of after the federation has started.
+        """
+        import torch
+
+        from fedleak.fl.client import local_update, plan_local
+
+        fed = self.federation
+        hints = typing.get_type_hints(local_update)
+        allowed = sorted(set(hints) - {"model", "images", "labels", "seed", "client_id",
+                                       "round", "return"})
+        for key, value in list(fed.train.items()):
+            if key not in allowed:
+                raise ConfigError(
+                    f"unknown key `federation.train.{key}`; valid keys: {', '.join(allowed)}."
+                )
+            fed.train[key] = _convert(value, hints[key], f"federation.train.{key}")
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(local_update).parameters.items()
+            if k in allowed
+        }
+        for i, c in enumerate(fed.clients):
+            where = f"federation.clients[{i}]"
+            if c.batch_size is not None and not 1 <= c.batch_size <= c.images:
+                raise ConfigError(
+                    f"`{where}.batch_size` must be between 1 and the client's {c.images} "
+                    f"images; got {c.batch_size}."
+                )
+            own = {k: v for k, v in dataclasses.asdict(c).items() if k != "images" and v}
+            if "local_steps" in own:
+                own["local_epochs"] = None
+            opts = {**defaults, **fed.train, **own, "seed": 0, "client_id": None, "round": None}
+            try:
+                plan_local(torch.zeros(c.images, 1, 1, 1), torch.zeros(c.images, dtype=torch.long),
+                           **opts)
+            except ConfigError as exc:
+                raise ConfigError(f"`{where}` (with `federation.train`): {exc}") from None
+            if opts.get("optimizer") not in ("sgd", "adam"):
+                raise ConfigError(
+                    f"`federation.train.optimizer` must be 'sgd' or 'adam'; "
+                    f"got {opts.get('optimizer')!r}."
+                )
+
+    def _validate_attacks(self) -> None:
+        """The attacks' options against their schemas, and their needs against the threat level."""
+        from fedleak.attacks import ATTACKS
+        from fedleak.fl.threat import ThreatModel
+
+        for where, name, options, level in (
+            ("audit", self.audit.attack, self.audit.options, self.audit.threat),
+            ("selfcheck", self.selfcheck.attack, self.selfcheck.options, "E"),
+        ):
+            if where == "selfcheck" and not self.selfcheck.enabled:
+                continue
+            try:
+                cls = ATTACKS.get(name)
+                cls.create(**options)
+                threat = ThreatModel(level=level)
+            except ConfigError as exc:
+                raise ConfigError(f"`{where}`: {exc}") from None
+            needs = set(cls.requires) - {"labels"}  # labels are granted or recovered
+            threat.check(needs, f"`{where}.attack` {name!r}")
 
     def _validate_diffusion(self) -> None:
         dif, aud = self.diffusion, self.audit

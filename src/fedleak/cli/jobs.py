@@ -66,6 +66,11 @@ class AttackJob:
             "bn_mode": self.bn_mode,
         }
         if self.protocol == "fedavg":
+            if self.batch_size is not None and not 1 <= self.batch_size <= self.num_images:
+                raise ConfigError(
+                    f"`--batch-size` must be between 1 and `--num-images` ({self.num_images}); "
+                    f"got {self.batch_size}."
+                )
             opts |= {
                 "batch_size": self.batch_size,
                 "local_steps": self.local_steps,

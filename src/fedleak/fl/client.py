@@ -149,6 +149,7 @@ def plan_local(
         b = batch_size or n
         if b < 1:
             raise ConfigError(f"`batch_size` must be >= 1; got {b}.")
+        b = min(b, n)  # a batch cannot hold more than the client's images: record what ran
         if local_steps is not None and local_epochs is not None:
             raise ConfigError("give `local_epochs` or `local_steps`, not both.")
         total = local_steps if local_steps is not None else (local_epochs or 1) * math.ceil(n / b)

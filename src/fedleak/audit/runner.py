@@ -26,6 +26,7 @@ from fedleak.errors import ConfigError, DataError
 from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate, local_update
 from fedleak.models import build_model
 from fedleak.report import append_jsonl, read_jsonl, save_grid, write_config, write_json
+from fedleak.report.run import RunLock
 
 LEAKAGE_FIELDS = [
     "round",
@@ -226,6 +227,7 @@ def run_audit(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_resume(out, cfg, resume)
+    _lock = RunLock(out)  # noqa: F841 - held until this function returns
     write_config(out, {"audit_config": cfg.to_dict()}, "audit")
     t0 = time.perf_counter()
     fed, aud, sc = cfg.federation, cfg.audit, cfg.selfcheck

@@ -8,9 +8,10 @@ from fedleak.report.plots import (
     plot_leakage_vs,
     plot_privacy_utility,
 )
-from fedleak.report.run import append_jsonl, read_jsonl, write_config, write_json
+from fedleak.report.run import RunLock, append_jsonl, read_jsonl, write_config, write_json
 
 __all__ = [
+    "RunLock",
     "append_jsonl",
     "plot_accuracy",
     "plot_leakage_per_round",

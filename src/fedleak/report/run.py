@@ -66,3 +66,52 @@ def write_config(folder: str | Path, config: dict[str, Any], command: str) -> Pa
         Path(folder) / "config.json",
         {"command": command, "fedleak_version": __version__, **config},
     )
+
+
+LOCK_NAME = ".fedleak.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while this object lives.
+
+    Two runs writing into one folder would interleave their records; the second one stops at
+    once with a one-line error naming the first. The lock is an OS file lock (``flock``), so
+    a run that is killed releases it without leaving anything to clean up.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        from fedleak.errors import ConfigError
+
+        self.path = Path(folder) / LOCK_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = None
+            raise ConfigError(
+                f"{folder} is in use by another fedleak run (pid {holder}); wait for it to "
+                "finish or choose another --out."
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -21,6 +21,7 @@ import torch
 
 from fedleak.errors import ConfigError, DataError, FedleakError
 from fedleak.report import append_jsonl, read_jsonl, write_config
+from fedleak.report.run import RunLock
 from fedleak.sweep.cell import run_cell, train_classifier
 from fedleak.sweep.config import SweepConfig, load_sweep_config
 
@@ -114,6 +115,7 @@ def run_sweep(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg, resume)
+    _lock = RunLock(out)  # noqa: F841 - held until this function returns
     write_config(out, {"sweep_config": cfg.to_dict()}, "sweep")
     t0 = time.perf_counter()
     cells = cfg.cells()

@@ -23,7 +23,8 @@ def test_second_lock_in_another_process_is_refused(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ConfigError, match=f"in use by another fedleak run \\(pid {holder.pid}\\)"):
+        expected = f"in use by another fedleak run \\(pid {holder.pid}\\)"
+        with pytest.raises(ConfigError, match=expected):
             RunLock(tmp_path)
     finally:
         holder.kill()

@@ -64,12 +64,15 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int, float]
         transient=False,
     ) as prog:
         task = prog.add_task(description, total=total, loss="-")
+        last = [0]
 
         def update(done: int, loss: float) -> None:
+            last[0] = done
             prog.update(task, completed=min(done, total), loss=f"{loss:.3e}")
 
         yield update
-        prog.update(task, completed=total)
+        if 0 < last[0] < total:  # stopped early (converged): say so, as metrics.json will
+            prog.update(task, description=f"{description} (stopped at {last[0]} of {total})")
 
 
 def log(msg: str) -> None:

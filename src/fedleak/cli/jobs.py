@@ -284,9 +284,10 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
     """The main job: a small federation on lfw-faces; the server attacks one client's update.
 
     Four clients hold 1, 3, 8 and 24 images (faces and non-faces) and send FedSGD gradients of a
-    sigmoid LeNet (the architecture DLG was shown on) for ten rounds. The server, honest but
-    curious (threat level C: it configured the training), runs DLG with iDLG labels on the
-    smallest client's first-round gradient.
+    sigmoid LeNet (the architecture DLG was shown on) for 30 rounds at lr 0.1, enough to move
+    test accuracy from chance (0.5) to about 0.95 (at lr 0.01 it alternates between 0.5 and
+    0.7: the bias overshoots). The server, honest but curious (threat level C: it configured
+    the training), runs DLG with iDLG labels on the smallest client's first-round gradient.
     """
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -295,9 +296,9 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
         "size": 32,
         "model": "lenet",
         "protocol": "fedsgd",
-        "lr": 0.01,
+        "lr": 0.1,
         "client_sizes": [1, 3, 8, 24],
-        "rounds": 10,
+        "rounds": 30,
         "attacked_round": 1,
         "attacked_client": 0,
         "attack": "dlg",
@@ -331,7 +332,8 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
         on_update=on_update,
     ):
         append_jsonl(out / "rounds.jsonl", {"round": res.round, "accuracy": res.accuracy})
-        log(f"round {res.round}: test accuracy {res.accuracy:.3f}")
+        if res.round == 1 or res.round % 5 == 0:
+            log(f"round {res.round}: test accuracy {res.accuracy:.3f}")
     victim = clients[config["attacked_client"]]
     captured["update"].save(out / "update.pt")
     ckpt = out / "checkpoints.jsonl"

@@ -8,6 +8,7 @@ and open figures are untouched and it works headless.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ MAX_COLS = 16  # longer rows wrap into blocks of this many columns
 MAX_IMAGES_PER_ROW = 256  # beyond this a grid stops being readable; pass a slice instead
 _CELL_IN = 1.25  # inches per image cell
 _CAPTION_IN = 0.22  # extra height per grid row when captions are shown
+_TITLE_CHAR_IN = 0.085  # inches per character of a 10 pt title (for wrapping)
 
 
 def _check_row(r: object, i: int) -> Tensor:
@@ -99,7 +101,14 @@ def save_grid(
     nblocks = max(1, math.ceil(longest / ncols))
     ngrid = nblocks * len(rows)
     width = ncols * _CELL_IN + (0.6 if any(titles) else 0.1)
-    height = ngrid * (_CELL_IN + (_CAPTION_IN if has_caps else 0.0)) + (0.5 if title else 0.1)
+    # a narrow grid (one image) would clip a long title: wrap it to the figure's width
+    title_lines = (
+        textwrap.wrap(title, max(12, int(width / _TITLE_CHAR_IN)), break_on_hyphens=False)
+        if title
+        else []
+    )
+    height = ngrid * (_CELL_IN + (_CAPTION_IN if has_caps else 0.0))
+    height += 0.2 + 0.2 * len(title_lines) if title_lines else 0.1
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
@@ -124,8 +133,8 @@ def save_grid(
                         rt if nblocks == 1 else f"{rt}\n[{k}..{min(k + ncols, imgs.shape[0]) - 1}]"
                     )
                     ax.set_ylabel(label, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title_lines:
+        fig.suptitle("\n".join(title_lines), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

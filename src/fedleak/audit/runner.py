@@ -388,7 +388,7 @@ def _run_audit(
     n_attacks = sum(
         1 for r in range(1, fed.rounds + 1) if scheduled(r) for c in audited if (r, c) not in done
     )
-    counter = {"n": 0}
+    counter, n_before = {"n": 0}, len(done)
 
     def write(f: Any) -> None:  # the one writer of every engine's results
         if f.error is not None:
@@ -412,7 +412,7 @@ def _run_audit(
         for f in engine.wait(block):
             write(f)
         if status:
-            status(engine.status(n_attacks, len(leakage)))
+            status(engine.status(n_before + n_attacks, n_before))
 
     def on_update(r: int, c: int, update: ClientUpdate, global_model: nn.Module) -> None:
         if not scheduled(r) or c not in audited or (r, c) in done:

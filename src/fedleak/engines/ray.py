@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 from fedleak.engines.base import Engine, Finished, run_traced
@@ -53,6 +54,8 @@ class RayEngine(Engine):
         self._owned = False
         if not ray.is_initialized():
             common: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+            # Ray 2.5x warns that it will stop hiding GPUs from num_gpus=0 tasks; not ours to fix
+            warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
             try:
                 if cfg.address:
                     ray.init(address=cfg.address, **common)
@@ -70,12 +73,13 @@ class RayEngine(Engine):
                     "the address to start a local Ray."
                 ) from None
             self._owned = True
-        self._remote = ray.remote(fedleak_task).options(
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-            max_retries=cfg.max_retries,
-            retry_exceptions=False,
-        )
+        self._remote = ray.remote(fedleak_task)
+        self._options = {
+            "num_cpus": cfg.num_cpus,
+            "num_gpus": cfg.num_gpus,
+            "max_retries": cfg.max_retries,
+            "retry_exceptions": False,
+        }
         self._refs: dict[Any, Any] = {}
         self._slots = self._count_slots()
 
@@ -104,7 +108,7 @@ class RayEngine(Engine):
         }
 
     def submit(self, key, fn, args=(), kwargs=None, *, progress=None) -> None:  # noqa: D102
-        ref = self._remote.options(name=f"fedleak_task {key}").remote(
+        ref = self._remote.options(name=f"fedleak_task {key}", **self._options).remote(
             fn, self.cfg.threads, tuple(args), dict(kwargs or {})
         )
         self._refs[ref] = key

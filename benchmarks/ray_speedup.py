@@ -62,8 +62,9 @@ def run_once(engine: str, iterations: int, root: Path) -> tuple[float, float]:
     return wall, attacks
 
 
-def noop() -> None:
-    """A task that does nothing: its round trip is the engine's own cost."""
+def noop() -> int:
+    """A task that does nothing (but report its niceness): its round trip is Ray's own cost."""
+    return os.nice(0)
 
 
 def overhead(engine: RayEngine, n: int) -> tuple[float, float]:
@@ -89,21 +90,27 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--tasks", type=int, default=50)
+    ap.add_argument("--niceness", type=int, default=0,
+                    help="Ray workers' niceness (Ray's own default is 15; the local engine runs "
+                    "at the caller's, 0 here: the default compares like with like)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ray = require_ray()
     root = Path(tempfile.mkdtemp(prefix="ray-speedup-"))
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
-             logging_level=logging.ERROR, log_to_driver=False)
+             logging_level=logging.ERROR, log_to_driver=False,
+             _system_config={"worker_niceness": args.niceness})
     started = time.perf_counter() - t0
     engine = RayEngine(EngineConfig(name="ray"))  # joins the Ray started above
     try:
         t0 = time.perf_counter()
         for i in range(args.cpus):  # the workers' first import of torch and fedleak
             engine.submit(("warm", i), noop)
+        nice = set()
         while engine.in_flight:
-            engine.wait()
+            nice |= {f.value for f in engine.wait()}
         warm = time.perf_counter() - t0
         cold_wall, _ = run_once("ray", args.iterations, root)  # workers import the attacks
         rows = []
@@ -114,8 +121,11 @@ def main() -> None:
     finally:
         engine.close()
         ray.shutdown()
-    print(f"machine: {os.cpu_count()} cores (shared: others' jobs run too); Ray CPUs {args.cpus}; "
+    print(f"machine: {os.cpu_count()} cores, load average {load0:.1f} at the start and "
+          f"{os.getloadavg()[0]:.1f} at the end (others' jobs share the cores); "
+          f"Ray CPUs {args.cpus}; "
           f"8 attacks x {args.iterations} iterations per audit")
+    print(f"Ray workers' niceness {sorted(nice)} (this process {os.nice(0)})")
     print(f"Ray start {started:.1f} s; first tasks (worker start) {warm:.1f} s; "
           f"first Ray audit (cold workers) {cold_wall:.1f} s")
     print(f"{'run':>6} {'engine':>6} {'wall s':>8} {'attack s (sum)':>15}")

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("ray")
-
-from fedleak.audit import load_config, run_audit  # noqa: E402
-from fedleak.errors import ConfigError  # noqa: E402
-from fedleak.report import read_jsonl  # noqa: E402
-from fedleak.sweep import load_sweep_config, run_sweep  # noqa: E402
+import fedleak.audit.runner as audit_runner
+from fedleak.audit import load_config, run_audit
+from fedleak.engines import InlineEngine
+from fedleak.errors import ConfigError
+from fedleak.report import read_jsonl
+from fedleak.sweep import load_sweep_config, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
@@ -101,6 +101,7 @@ def _stop(pids: list[int]) -> None:
 @pytest.fixture(scope="module")
 def cluster():
     """A head (1 CPU) and a second node (1 CPU) on 127.0.0.1; yields (address, env, marker)."""
+    pytest.importorskip("ray")
     marker = uuid.uuid4().hex
     tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")  # short: Ray's socket paths must fit
     env = {**os.environ, "FEDLEAK_TEST_RAY": marker, "OMP_NUM_THREADS": "1",
@@ -129,6 +130,21 @@ def local_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
     run_sweep(TINY, out, workers=1, log=_quiet)
     return {r["id"]: r for r in read_jsonl(out / "sweep.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def local_audit(tmp_path_factory):
+    """The audit of AUDIT on the local engine, one torch thread (as each Ray task)."""
+    tmp = tmp_path_factory.mktemp("audit")
+    path = tmp / "audit.json.yaml"
+    path.write_text(json.dumps(AUDIT))  # JSON is YAML
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_audit(load_config(path), tmp / "local")
+    finally:
+        torch.set_num_threads(n)
+    return path, tmp / "local"
 
 
 def ray_config(address: str, base=TINY) -> dict:
@@ -228,28 +244,65 @@ def test_killed_driver_resumes_only_the_missing_cells(cluster, tmp_path):
     assert sorted(resumed) == sorted(set(after) - set(before))  # only the missing ones ran
 
 
-@pytest.mark.slow
-def test_audit_cli_on_two_nodes_equals_local(cluster, tmp_path):
-    address, env, _ = cluster
-    path = tmp_path / "audit.json.yaml"
-    path.write_text(json.dumps(AUDIT))
+def _audit_key(r: dict) -> tuple:
+    return r["round"], r.get("client")
+
+
+def same_audit(got: Path, want: Path) -> None:
+    for name in ("leakage.jsonl", "rounds.jsonl"):
+        a, b = read_jsonl(got / name), read_jsonl(want / name)
+        assert sorted(map(_audit_key, a)) == sorted(map(_audit_key, b)) and b, name
+        same_records({_audit_key(r): r for r in a}, {_audit_key(r): r for r in b})
+
+
+class _SlowRound2(InlineEngine):
+    """Runs round 1's attacks at once, holds round 2's, and dies (like a killed driver) when
+    the run waits for them: a cluster still busy with the last round's attacks."""
+
+    def _collect(self, block):
+        if self._queue and self._queue[0][0][0] == 1:
+            return super()._collect(block)
+        if block:
+            raise KeyboardInterrupt
+        return []
+
+
+def test_killed_audit_driver_loses_no_attack(local_audit, tmp_path, monkeypatch):
+    path, ref = local_audit
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(audit_runner, "make_engine", lambda cfg, **kw: _SlowRound2())
+        with pytest.raises(KeyboardInterrupt):
+            run_audit(load_config(path), out)
+    # both rounds trained, but state.pt stays at round 1: round 2's attacks were in flight
+    assert [r["round"] for r in read_jsonl(out / "rounds.jsonl")] == [1, 2]
+    assert torch.load(out / "state.pt", weights_only=True)["round"] == 1
+    assert {r["round"] for r in read_jsonl(out / "leakage.jsonl")} == {1}
+    calls = []
+    real = audit_runner.audit_update
+    monkeypatch.setattr(audit_runner, "audit_update",
+                        lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
     n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray task (num_cpus 1)
+    torch.set_num_threads(1)
     try:
-        run_audit(load_config(path), tmp_path / "local")
+        run_audit(load_config(path), out, resume=True)
     finally:
         torch.set_num_threads(n)
+    assert sorted(calls) == [(2, 0), (2, 1)]  # only the missing attacks ran again
+    same_audit(out, ref)
+
+
+@pytest.mark.slow
+def test_audit_cli_on_two_nodes_equals_local(cluster, local_audit, tmp_path):
+    address, env, _ = cluster
+    path, ref = local_audit
     done = subprocess.run(
         [sys.executable, "-m", "fedleak", "-q", "audit", str(path), "--out",
          str(tmp_path / "ray"), "--ray-address", address, "--no-report"],
         env={**env, "FEDLEAK_TEST_RAY": "driver"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    for name in ("leakage.jsonl", "rounds.jsonl"):
-        got, want = read_jsonl(tmp_path / "ray" / name), read_jsonl(tmp_path / "local" / name)
-        key = lambda r: (r["round"], r.get("client"))  # noqa: E731 - attacks end in any order
-        assert sorted(map(key, got)) == sorted(map(key, want)) and want, name
-        same_records({key(r): r for r in got}, {key(r): r for r in want})
+    same_audit(tmp_path / "ray", ref)
     state = torch.load(tmp_path / "ray" / "state.pt", weights_only=True)
     assert state["round"] == AUDIT["federation"]["rounds"]
     place = json.loads((tmp_path / "ray" / "placement.json").read_text())

@@ -64,6 +64,9 @@ class RayEngine(Engine):
                         num_cpus=cfg.local_cpus or os.cpu_count() or 1,
                         object_store_memory=OBJECT_STORE_BYTES,
                         include_dashboard=False,
+                        # Ray runs workers at niceness 15; a local run's tasks are the user's
+                        # own work, at the priority of the command that started them
+                        _system_config={"worker_niceness": 0},
                         **common,
                     )
             except ConnectionError as exc:

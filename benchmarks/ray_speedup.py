@@ -125,7 +125,14 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} at the end (others' jobs share the cores); "
           f"Ray CPUs {args.cpus}; "
           f"8 attacks x {args.iterations} iterations per audit")
-    print(f"Ray workers' niceness {sorted(nice)} (this process {os.nice(0)})")
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = False
+    note = ("on: busy sessions share the cores equally, so one session gains little from "
+            "parallel tasks while the others are busy") if autogroup else "off"
+    print(f"Ray workers' niceness {sorted(nice)} (this process {os.nice(0)}); "
+          f"kernel autogroup {note}")
     print(f"Ray start {started:.1f} s; first tasks (worker start) {warm:.1f} s; "
           f"first Ray audit (cold workers) {cold_wall:.1f} s")
     print(f"{'run':>6} {'engine':>6} {'wall s':>8} {'attack s (sum)':>15}")
@@ -134,6 +141,9 @@ def main() -> None:
     local = [w for e, w, _ in rows if e == "local"]
     on_ray = [w for e, w, _ in rows if e == "ray"]
     ratios = [a / b for a, b in zip(local, on_ray, strict=True)]
+    busy = [a / w for e, w, a in rows if e == "ray"]
+    print(f"attacks in flight on Ray (attack seconds / wall): "
+          f"{', '.join(f'{b:.2f}' for b in busy)}")
     print(f"speed-up local/ray per pair: {', '.join(f'{r:.2f}x' for r in ratios)}; "
           f"median {statistics.median(ratios):.2f}x")
     print(f"Ray per-task overhead: {latency * 1e3:.1f} ms round trip one at a time, "

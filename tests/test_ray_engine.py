@@ -182,6 +182,7 @@ def test_sweep_on_two_nodes_equals_local_and_survives_a_killed_worker(
 ):
     address, _, marker = cluster
     killed: list[int] = []
+    statuses: list = []
     stop = threading.Event()
 
     def kill_first_task() -> None:  # SIGKILL the first worker seen running a cell, once
@@ -196,7 +197,7 @@ def test_sweep_on_two_nodes_equals_local_and_survives_a_killed_worker(
     killer = threading.Thread(target=kill_first_task, daemon=True)
     killer.start()
     try:
-        summary = run_sweep(ray_config(address), tmp_path, log=_quiet)
+        summary = run_sweep(ray_config(address), tmp_path, log=_quiet, status=statuses.append)
     finally:
         stop.set()
         killer.join(5)
@@ -211,6 +212,9 @@ def test_sweep_on_two_nodes_equals_local_and_survives_a_killed_worker(
     assert {t["task"] for t in place["tasks"]} == set(local_sweep)
     assert killed[0] not in {t["pid"] for t in place["tasks"]}
     assert len(place["nodes"]) == 2  # one cell per one-CPU node
+    first, last = statuses[0], statuses[-1]  # what the progress bar shows
+    assert (first.total, first.done, first.running, first.queued) == (2, 0, 2, 0)
+    assert (last.done, last.running, last.failed) == (2, 0, 0) and last.last_seconds > 0
 
 
 @pytest.mark.slow
@@ -297,11 +301,12 @@ def test_audit_cli_on_two_nodes_equals_local(cluster, local_audit, tmp_path):
     address, env, _ = cluster
     path, ref = local_audit
     done = subprocess.run(
-        [sys.executable, "-m", "fedleak", "-q", "audit", str(path), "--out",
+        [sys.executable, "-m", "fedleak", "audit", str(path), "--out",
          str(tmp_path / "ray"), "--ray-address", address, "--no-report"],
         env={**env, "FEDLEAK_TEST_RAY": "driver"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "attacks" in done.stderr and "4 audited updates" in done.stdout  # the cluster bar
     same_audit(tmp_path / "ray", ref)
     state = torch.load(tmp_path / "ray" / "state.pt", weights_only=True)
     assert state["round"] == AUDIT["federation"]["rounds"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedleak._config_io import apply_overrides, read_config_file
+from fedleak.engines.config import EngineConfig
 from fedleak.errors import ConfigError
 
 TASKS = ("classification", "diffusion")
@@ -118,6 +119,7 @@ class AuditConfig:
     filters: list[FilterSpec] = field(default_factory=list)
     audit: AuditSchedule = field(default_factory=AuditSchedule)
     selfcheck: SelfCheckConfig = field(default_factory=SelfCheckConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # where the attacks run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,6 +176,7 @@ class AuditConfig:
             )
         if sc.enabled and sc.rdlv_threshold is None and sc.ssim_threshold is None:
             raise ConfigError("the self-check needs `rdlv_threshold` or `ssim_threshold`.")
+        self.engine.validate(("local", "ray", "flower"))
         if not diffusion:
             self._validate_training()
         self._validate_attacks()

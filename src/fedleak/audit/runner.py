@@ -7,6 +7,7 @@ continues it: finished rounds are not retrained and finished attacks are not rer
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import time
@@ -22,6 +23,7 @@ from fedleak.audit.config import AuditConfig, ClientSpec
 from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset, load_dataset, partition, resize, to_channels
 from fedleak.defenses import compose, make_filter
+from fedleak.engines import ENGINE_KEY, Engine, EngineStatus, PlacementLog, make_engine
 from fedleak.errors import ConfigError, DataError
 from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate, local_update
 from fedleak.models import build_model
@@ -191,8 +193,10 @@ def check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
     if resume:
         if not cfg_path.is_file():
             raise ConfigError(f"{out}: nothing to resume (no config.json); drop --resume.")
-        old = json.loads(cfg_path.read_text())
-        if old.get("audit_config") != json.loads(json.dumps(cfg.to_dict())):
+        old = json.loads(cfg_path.read_text()).get("audit_config") or {}
+        new = json.loads(json.dumps(cfg.to_dict()))
+        old.pop(ENGINE_KEY, None), new.pop(ENGINE_KEY, None)  # any engine may resume an audit
+        if old != new:
             raise ConfigError(
                 f"{out}: the config differs from the one this run started with; resume with the "
                 "same config or choose another --out."
@@ -215,6 +219,86 @@ def restore_rounds(out: Path, model: nn.Module, resume: bool) -> int:
     return start_round
 
 
+def audit_update(
+    cfg: AuditConfig,
+    r: int,
+    c: int,
+    global_model: nn.Module,
+    update: ClientUpdate,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attack_options: dict[str, Any],
+    prior: torch.Tensor | None,
+    true_t: torch.Tensor | None = None,
+    progress: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Attack client ``c``'s round-``r`` update and score it against its ``images``.
+
+    The unit of work every engine runs (in this process or as a Ray task): it writes nothing
+    and returns the ``leakage.jsonl`` record and the grid to draw at ``record["grid"]``
+    (``save_grid`` arguments), for the driver to write. ``global_model``: the model the client
+    started from; ``true_t``: a diffusion client's private timesteps (scoring only).
+    """
+    aud = cfg.audit
+    diffusion = cfg.task == "diffusion"
+    threat = ThreatModel(
+        aud.threat,
+        labels=labels if aud.grant_labels else None,
+        prior=prior if aud.attacker_prior else None,
+    )
+    rec = fedleak.attack(
+        aud.attack,
+        global_model,
+        update,
+        threat=threat,
+        progress=progress,
+        seed=cfg.seed * 1_000_003 + r * 7_919 + c,
+        **attack_options,
+    )
+    s = fedleak.score(rec, images, labels=None if diffusion else labels, prior=prior)
+    grid = f"grids/r{r:03d}_c{c}.png"
+    matched = rec.images[[i for i, _ in sorted(s["pairing"], key=lambda p: p[1])]]
+    shown = slice(0, 16)
+    picture = {
+        "rows": [images[shown], matched[shown]],
+        "row_titles": ["original", "reconstruction"],
+        "captions": [None, [f"{p:.1f} dB" for p in s["psnr_per_image"][:16]]],
+        "title": f"r{r} c{c}: {s['psnr']:.1f} dB",
+    }
+    tr = update.training
+    record = {
+        "round": r,
+        "client": c,
+        "num_images": len(images),
+        "batch_size": tr.batch_size if tr else None,
+        "local_steps": tr.local_steps if tr else None,
+        "attack": aud.attack,
+        "threat": aud.threat,
+        "psnr": s["psnr"],
+        "ssim": s["ssim"],
+        "mse": s["mse"],
+        "flat_psnr": s["flat_psnr"],
+        "rdlv": s.get("rdlv"),
+        "label_accuracy": s.get("label_accuracy"),
+        "attack_loss": rec.restart_losses[rec.best_restart],
+        "iterations": rec.iterations,
+        "seconds": round(rec.seconds, 2),
+        "filters": ", ".join(f.name for f in cfg.filters) or "none",
+        "grid": grid,
+        "psnr_per_image": s["psnr_per_image"],
+        "ssim_per_image": s["ssim_per_image"],
+    }
+    if true_t is not None and "t" in rec.extras:
+        from fedleak.diffusion import t_accuracy
+
+        record["t_accuracy"] = t_accuracy(rec.extras["t"], true_t, s["pairing"])
+    for f in cfg.filters:
+        if f.name == "gaussian":
+            record["sigma0"] = f.options.get("sigma0")
+    return record, picture
+
+
 def run_audit(
     cfg: AuditConfig,
     out: str | Path,
@@ -222,12 +306,41 @@ def run_audit(
     resume: bool = False,
     log: Callable[[str], None] = lambda m: None,
     progress_factory: Any = None,
+    status: Callable[[EngineStatus], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the audit described by ``cfg`` into the folder ``out``; returns a summary."""
+    """Run the audit described by ``cfg`` into the folder ``out``; returns a summary.
+
+    The federation runs here, round after round; the audited attacks run on ``cfg.engine``
+    (``local``: here, each when its update arrives; ``ray``: as Ray tasks, while the
+    federation goes on; ``flower``: :func:`fedleak.integrations.flower.run_flower_audit`).
+    ``progress_factory(label, iterations)``: a bar per attack (local engine); ``status``:
+    called with the engine's :class:`~fedleak.engines.EngineStatus` as attacks end.
+    """
+    check_resume(Path(out), cfg, resume)  # before a Ray starts
+    _lock = RunLock(out)  # noqa: F841 - one run per folder, held until this function returns
+    if cfg.engine.name == "flower":
+        from fedleak.integrations.flower import run_flower_audit
+
+        return run_flower_audit(
+            cfg, out, resume=resume, log=log, progress_factory=progress_factory
+        )
+    with make_engine(cfg.engine, progress_factory=progress_factory) as engine:
+        return _run_audit(cfg, out, engine, resume=resume, log=log, status=status)
+
+
+def _run_audit(
+    cfg: AuditConfig,
+    out: str | Path,
+    engine: Engine,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = lambda m: None,
+    status: Callable[[EngineStatus], None] | None = None,
+) -> dict[str, Any]:
+    """The body of :func:`run_audit` on an open engine."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_resume(out, cfg, resume)
-    _lock = RunLock(out)  # noqa: F841 - held until this function returns
     write_config(out, {"audit_config": cfg.to_dict()}, "audit")
     t0 = time.perf_counter()
     fed, aud, sc = cfg.federation, cfg.audit, cfg.selfcheck
@@ -258,7 +371,7 @@ def run_audit(
     filters = (
         compose([make_filter(f.name, **f.options) for f in cfg.filters]) if cfg.filters else None
     )
-    filter_desc = ", ".join(f.name for f in cfg.filters) or "none"
+    places = PlacementLog(out, engine.name)
 
     # resume: the global model after the last finished round, and what was already done
     start_round = restore_rounds(out, model, resume)
@@ -277,89 +390,61 @@ def run_audit(
     n_attacks = sum(
         1 for r in range(1, fed.rounds + 1) if scheduled(r) for c in audited if (r, c) not in done
     )
-    counter = {"n": 0}
+    counter, n_before = {"n": 0}, len(done)
+
+    def write(f: Any) -> None:  # the one writer of every engine's results
+        if f.error is not None:
+            raise f.error
+        record, picture = f.value
+        save_grid(out / record["grid"], picture.pop("rows"), **picture)
+        append_jsonl(out / "leakage.jsonl", record)
+        leakage.append(record)
+        _write_csv(out / "leakage.csv", leakage)
+        done.add((record["round"], record["client"]))
+        places.add(f)
+        log(
+            f"round {record['round']} client {record['client']} ({record['num_images']} images): "
+            f"PSNR {record['psnr']:.2f} dB (flat {record['flat_psnr']:.2f}), "
+            f"SSIM {record['ssim']:.3f}"
+            + (f", RDLV {record['rdlv']:.3f}" if record.get("rdlv") is not None else "")
+            + (f", t accuracy {record['t_accuracy']:.0%}" if "t_accuracy" in record else "")
+        )
+
+    def collect(block: bool) -> None:
+        for f in engine.wait(block):
+            write(f)
+        if status:
+            status(engine.status(n_before + n_attacks, n_before))
 
     def on_update(r: int, c: int, update: ClientUpdate, global_model: nn.Module) -> None:
         if not scheduled(r) or c not in audited or (r, c) in done:
             return
         data = clients[c]
-        threat = ThreatModel(
-            aud.threat,
-            labels=data.labels if aud.grant_labels else None,
-            prior=prior if aud.attacker_prior else None,
-        )
         counter["n"] += 1
         label = f"attack {counter['n']}/{n_attacks}: round {r}, client {c}"
-        iters = planned_iterations(aud.attack, attack_options)
-        ctx = progress_factory(label, iters) if progress_factory else None
-        prog = ctx.__enter__() if ctx else None
-        try:
-            rec = fedleak.attack(
-                aud.attack,
-                global_model,
-                update,
-                threat=threat,
-                progress=prog,
-                seed=cfg.seed * 1_000_003 + r * 7_919 + c,
-                **attack_options,
-            )
-        finally:
-            if ctx:
-                ctx.__exit__(None, None, None)
-        s = fedleak.score(
-            rec, data.images, labels=None if diffusion else data.labels, prior=prior
+        engine.submit(
+            (r, c),
+            audit_update,
+            (cfg, r, c, global_model, update, data.images, data.labels),
+            {"attack_options": attack_options, "prior": prior, "true_t": truth.get((r, str(c)))},
+            progress=(label, planned_iterations(aud.attack, attack_options)),
         )
-        grid = f"grids/r{r:03d}_c{c}.png"
-        matched = rec.images[[i for i, _ in sorted(s["pairing"], key=lambda p: p[1])]]
-        shown = slice(0, 16)
-        save_grid(
-            out / grid,
-            [data.images[shown], matched[shown]],
-            row_titles=["original", "reconstruction"],
-            captions=[None, [f"{p:.1f} dB" for p in s["psnr_per_image"][:16]]],
-            title=f"r{r} c{c}: {s['psnr']:.1f} dB",
-        )
-        tr = update.training
-        record = {
-            "round": r,
-            "client": c,
-            "num_images": len(data.images),
-            "batch_size": tr.batch_size if tr else None,
-            "local_steps": tr.local_steps if tr else None,
-            "attack": aud.attack,
-            "threat": aud.threat,
-            "psnr": s["psnr"],
-            "ssim": s["ssim"],
-            "mse": s["mse"],
-            "flat_psnr": s["flat_psnr"],
-            "rdlv": s.get("rdlv"),
-            "label_accuracy": s.get("label_accuracy"),
-            "attack_loss": rec.restart_losses[rec.best_restart],
-            "iterations": rec.iterations,
-            "seconds": round(rec.seconds, 2),
-            "filters": filter_desc,
-            "grid": grid,
-            "psnr_per_image": s["psnr_per_image"],
-            "ssim_per_image": s["ssim_per_image"],
-        }
-        true_t = truth.get((r, str(c)))
-        if true_t is not None and "t" in rec.extras:
-            from fedleak.diffusion import t_accuracy
+        collect(block=False)
 
-            record["t_accuracy"] = t_accuracy(rec.extras["t"], true_t, s["pairing"])
-        for f in cfg.filters:
-            if f.name == "gaussian":
-                record["sigma0"] = f.options.get("sigma0")
-        append_jsonl(out / "leakage.jsonl", record)
-        leakage.append(record)
-        _write_csv(out / "leakage.csv", leakage)
-        done.add((r, c))
-        log(
-            f"round {r} client {c} ({len(data.images)} images): PSNR {s['psnr']:.2f} dB "
-            f"(flat {s['flat_psnr']:.2f}), SSIM {s['ssim']:.3f}"
-            + (f", RDLV {s['rdlv']:.3f}" if s.get("rdlv") is not None else "")
-            + (f", t accuracy {record['t_accuracy']:.0%}" if "t_accuracy" in record else "")
-        )
+    # the global model after each round, kept until the round's attacks are written: state.pt
+    # (where a resume restarts the federation) never moves past an attack still running
+    states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def checkpoint() -> None:
+        busy = {key[0] for key in engine.in_flight}
+        safe = [r for r in states if not any(b <= r for b in busy)]
+        if safe:
+            r = max(safe)
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"model": states[r], "round": r}, tmp)
+            tmp.replace(state_path)
+            for k in [k for k in states if k <= r]:
+                del states[k]
 
     check = None
     if sc.enabled:
@@ -396,9 +481,9 @@ def run_audit(
             row["test_loss"] = evaluate(model)
         row |= {"clients": res.clients, "withheld": res.withheld}
         append_jsonl(out / "rounds.jsonl", row)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "round": res.round}, tmp)
-        tmp.replace(state_path)
+        collect(block=False)
+        states[res.round] = copy.deepcopy(model.state_dict())
+        checkpoint()
         utility = (
             f"test loss {row['test_loss']:.4f}" if evaluate else f"test accuracy {res.accuracy:.3f}"
         )
@@ -406,6 +491,9 @@ def run_audit(
             f"round {res.round}: {utility}"
             + (f", withheld {res.withheld}" if res.withheld else "")
         )
+    while engine.in_flight:
+        collect(block=True)
+    checkpoint()
     rounds = read_jsonl(out / "rounds.jsonl")
     summary = {
         "task": cfg.task,

@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -73,6 +73,47 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int, float]
         yield update
         if 0 < last[0] < total:  # stopped early (converged): say so, as metrics.json will
             prog.update(task, description=f"{description} (stopped at {last[0]} of {total})")
+
+
+@contextmanager
+def engine_progress(what: str) -> Iterator[Callable[[Any], None] | None]:
+    """A rich bar of units across the engine: done / running / queued / failed and the last
+    unit's seconds (an :class:`~fedleak.engines.EngineStatus` per call); None with --quiet."""
+    if STATE["quiet"]:
+        yield None
+        return
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(),
+        TextColumn("running {task.fields[running]}, queued {task.fields[queued]}, "
+                   "failed {task.fields[failed]}, last {task.fields[last]}"),
+        TimeElapsedColumn(), console=err_console,
+    ) as prog:
+        task = prog.add_task(what, total=None, running=0, queued=0, failed=0, last="-")
+
+        def update(st: Any) -> None:
+            last = "-" if st.last_seconds is None else f"{st.last_seconds:.1f} s"
+            prog.update(task, completed=st.done + st.failed, total=st.total, running=st.running,
+                        queued=st.queued, failed=st.failed, last=last)
+
+        yield update
+
+
+ENGINES = {"local": "local", "inprocess": "local", "ray": "ray", "flower": "flower"}
+
+
+def engine_overrides(engine: str | None, ray_address: str | None, allowed: str) -> list[str]:
+    """``engine.*`` config overrides from --engine / --ray-address."""
+    out = []
+    if engine is not None:
+        if engine not in ENGINES or ENGINES[engine] not in allowed.split("|"):
+            raise ConfigError(f"`--engine` must be one of {allowed.replace('|', ', ')}; "
+                              f"got {engine!r}.")
+        out.append(f"engine.name={json.dumps(ENGINES[engine])}")
+    if ray_address is not None:
+        if engine is None:
+            out.append('engine.name="ray"')
+        out.append(f"engine.address={json.dumps(ray_address)}")
+    return out
 
 
 def log(msg: str) -> None:
@@ -273,23 +314,20 @@ def audit(
     resume: Annotated[bool, typer.Option(help="Continue a stopped audit in OUT.")] = False,
     report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
     engine: Annotated[
-        str, typer.Option(help="inprocess (default) or flower (Flower's Simulation Engine).")
-    ] = "inprocess",
+        str | None,
+        typer.Option(help="Where the attacks run: local (in this process; the default), ray "
+                     "(Ray tasks) or flower (Flower's Simulation Engine). Config: engine.name."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto or HOST:PORT (implies --engine ray); none: a "
+                     "local Ray started for the run."),
+    ] = None,
 ) -> None:
     """Run a federation from a config and audit its leakage per round and per client."""
     from fedleak.audit import load_config, run_audit
 
-    if engine == "flower":
-        try:
-            from fedleak.integrations.flower import run_flower_audit as run_audit  # noqa: F811
-        except ImportError as exc:
-            raise ConfigError(
-                f"--engine flower needs Flower: pip install -e '.[flower]' ({exc})."
-            ) from None
-    elif engine != "inprocess":
-        raise ConfigError(f"`--engine` must be 'inprocess' or 'flower'; got {engine!r}.")
-
-    overrides = list(set_ or [])
+    overrides = engine_overrides(engine, ray_address, "local|ray|flower") + list(set_ or [])
     for key, value in (
         ("task", task),
         ("federation.rounds", rounds),
@@ -300,9 +338,21 @@ def audit(
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = load_config(config, overrides)
-    if engine == "flower" and cfg.task != "classification":
-        raise ConfigError("--engine flower runs classification federations; drop it for diffusion.")
-    summary = run_audit(cfg, out, resume=resume, log=log, progress_factory=progress_bar)
+    if cfg.engine.name == "flower":
+        if cfg.task != "classification":
+            raise ConfigError(
+                "--engine flower runs classification federations; drop it for diffusion."
+            )
+        try:
+            import fedleak.integrations.flower  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"--engine flower needs Flower: pip install -e '.[flower]' ({exc})."
+            ) from None
+    with engine_progress("attacks") if cfg.engine.name == "ray" else nullcontext() as status:
+        summary = run_audit(
+            cfg, out, resume=resume, log=log, progress_factory=progress_bar, status=status
+        )
     if report:
         _write_report(out)
     if summary.get("final_test_loss") is not None:
@@ -335,27 +385,25 @@ def sweep(
     resume: Annotated[bool, typer.Option(help="Skip cells already in OUT/sweep.jsonl.")] = False,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 2,
     report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Where the cells run: local (--workers processes; the default) or "
+                     "ray (Ray tasks). Config: engine.name."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto or HOST:PORT (implies --engine ray); none: a "
+                     "local Ray started for the run."),
+    ] = None,
 ) -> None:
     """Defenses x hyperparameters x seeds: privacy-utility curves (seed 001's study)."""
-    from fedleak.sweep import run_sweep
+    from fedleak.sweep import load_sweep_config, run_sweep
 
     if workers < 1:
         raise ConfigError(f"`--workers` must be >= 1; got {workers}.")
-    if STATE["quiet"]:
-        summary = run_sweep(config, out, resume=resume, workers=workers, log=log)
-    else:
-        with Progress(
-            TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err_console,
-        ) as prog:
-            task = prog.add_task("cells", total=None)
-
-            def progress(done: int, total: int) -> None:
-                prog.update(task, completed=done, total=total)
-
-            summary = run_sweep(
-                config, out, resume=resume, workers=workers, progress=progress, log=log
-            )
+    cfg = load_sweep_config(config, engine_overrides(engine, ray_address, "local|ray"))
+    with engine_progress("cells") as status:
+        summary = run_sweep(cfg, out, resume=resume, workers=workers, log=log, status=status)
     if report:
         _write_report(out)
     out_console.print(f"Sweep folder: {out}")

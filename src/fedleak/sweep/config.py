@@ -19,6 +19,7 @@ from fedleak._config_io import apply_overrides, read_config_file
 from fedleak.attacks import ATTACKS
 from fedleak.audit.config import from_dict
 from fedleak.defenses import FILTERS, TRAINING_DEFENSES, make_filter, make_training_defense
+from fedleak.engines.config import EngineConfig
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.models import MODELS
 
@@ -160,6 +161,7 @@ class SweepConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     defenses: list[DefenseSpec] = field(default_factory=_default_defenses)
     seeds: list[int] = field(default_factory=lambda: [0])
+    engine: EngineConfig = field(default_factory=EngineConfig)  # where the cells run
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
@@ -260,6 +262,7 @@ class SweepConfig:
             raise ConfigError(f"`defenses` labels must be distinct; got {labels!r}.")
         for cell in self.cells():
             build_defense(self.defenses[cell.index], cell.params, where=f"cell {cell.id!r}")
+        self.engine.validate()
         return self
 
     def cells(self) -> list[Cell]:

@@ -1,17 +1,17 @@
-"""Run a sweep: cells in parallel worker processes, each record written the moment it is done.
+"""Run a sweep: cells on an engine, each record written the moment it is done.
 
 The parent process owns every file: it appends one record per finished cell to ``sweep.jsonl``
-(with the cell's id, so ``resume=True`` skips it), rewrites ``sweep.csv``, and at the end draws
-the privacy-utility plots. Workers are spawned (fresh interpreters, one torch thread each) and
-receive plain dicts only.
+(with the cell's id, so ``resume=True`` skips it), rewrites ``sweep.csv``, writes the cell's
+grid, and at the end draws the privacy-utility plots. The engine (``cfg.engine``: in this
+process, a pool of spawned processes with one torch thread each, or Ray tasks) only runs
+:func:`~fedleak.sweep.cell.run_cell` on plain dicts in a scratch folder and hands back the record
+and the files the cell wrote.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import csv
 import json
-import multiprocessing
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from fedleak.engines import ENGINE_KEY, EngineStatus, PlacementLog, make_engine, with_files
+from fedleak.engines import write_files as write_task_files
 from fedleak.errors import ConfigError, DataError, FedleakError
 from fedleak.report import append_jsonl, read_jsonl, write_config
 from fedleak.report.run import RunLock
@@ -34,10 +36,6 @@ CSV_FIELDS = [
     "attack_seconds", "seconds", "grid",
 ]
 PLOTTED = ("psnr", "mse", "ssim", "semantic_accuracy")
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
 
 
 def write_csv(path: Path, records: list[dict[str, Any]]) -> Path:
@@ -61,8 +59,10 @@ def _check_resume(out: Path, cfg: SweepConfig, resume: bool) -> None:
     if resume:
         if not cfg_path.is_file():
             raise ConfigError(f"{out}: nothing to resume (no config.json); drop resume.")
-        old = json.loads(cfg_path.read_text())
-        if old.get("sweep_config") != json.loads(json.dumps(cfg.to_dict())):
+        old = json.loads(cfg_path.read_text()).get("sweep_config") or {}
+        new = json.loads(json.dumps(cfg.to_dict()))
+        old.pop(ENGINE_KEY, None), new.pop(ENGINE_KEY, None)  # any engine may resume a sweep
+        if old != new:
             raise ConfigError(
                 f"{out}: the config differs from the one this sweep started with; resume with "
                 "the same config or choose another output folder."
@@ -94,20 +94,24 @@ def run_sweep(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = print,
+    status: Callable[[EngineStatus], None] | None = None,
 ) -> dict[str, Any]:
     """Run every cell of ``config`` into the folder ``out`` and return a summary.
 
     Args:
         config: a YAML/TOML path, a mapping or a :class:`SweepConfig` (validated first).
         resume: skip the cells whose id is already in ``out/sweep.jsonl``.
-        workers: worker processes (1: run in this process, one cell after the other).
+        workers: worker processes of the local engine (1: run in this process, one cell after
+            the other); ``cfg.engine`` ``ray`` runs each cell as a Ray task instead.
         progress: called as ``progress(done, total)`` at the start and after each cell.
         log: one line per finished cell (default ``print``; pass ``lambda m: None`` to mute).
+        status: called with the engine's :class:`~fedleak.engines.EngineStatus` (cells done,
+            running, queued, failed, the last cell's seconds) after each submit and cell.
 
     Writes ``config.json``, ``sweep.jsonl`` (one record per cell), ``sweep.csv``, the
-    undefended classifier(s) in ``classifiers/``, a reconstruction grid per cell in ``grids/``
-    and ``privacy_utility_<measure>.png``. A failed cell is logged and left out (a resumed run
-    retries it); its id is listed under ``failed``.
+    undefended classifier(s) in ``classifiers/``, a reconstruction grid per cell in ``grids/``,
+    ``placement.json`` (where each cell ran) and ``privacy_utility_<measure>.png``. A failed
+    cell is logged and left out (a resumed run retries it); its id is listed under ``failed``.
     """
     cfg = load_sweep_config(config)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -152,29 +156,30 @@ def run_sweep(
         if progress:
             progress(done, total)
 
-    if workers == 1 or len(pending) <= 1:
-        threads = torch.get_num_threads()
-        try:
+    # the classifiers travel to each cell; its grid travels back (no shared disk needed)
+    inputs = {
+        str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("classifiers/*.pt"))
+    }
+    places = PlacementLog(out, cfg.engine.name)
+    threads = torch.get_num_threads()
+    try:
+        with make_engine(cfg.engine, workers=min(workers, max(1, len(pending)))) as engine:
             for c in pending:
-                try:
-                    rec = run_cell(config_dict, c.to_dict(), str(out))
-                except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the rest
-                    finish(c.id, None, exc)
-                else:
-                    finish(c.id, rec, None)
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(
-            max_workers=min(workers, len(pending)), mp_context=ctx, initializer=_init_worker
-        ) as pool:
-            futures = {
-                pool.submit(run_cell, config_dict, c.to_dict(), str(out)): c.id for c in pending
-            }
-            for fut in cf.as_completed(futures):
-                exc = fut.exception()
-                finish(futures[fut], None if exc else fut.result(), exc)
+                engine.submit(c.id, with_files, (run_cell, inputs, config_dict, c.to_dict()))
+            if status:
+                status(engine.status(total, total - len(pending)))
+            while engine.in_flight:
+                for f in engine.wait():
+                    record = None
+                    if f.error is None:
+                        record, files = f.value
+                        write_task_files(out, files)
+                    finish(f.key, record, f.error)
+                    places.add(f)
+                    if status:
+                        status(engine.status(total, total - len(pending)))
+    finally:
+        torch.set_num_threads(threads)
 
     records = read_jsonl(out / "sweep.jsonl")
     files = [out / "config.json", out / "sweep.jsonl"]

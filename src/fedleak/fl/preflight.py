@@ -72,7 +72,7 @@ class Preflight:
         if self.errors:
             raise UpdateError(
                 "preflight found mismatches that make the attack meaningless: "
-                + " | ".join(f"[{f.check}] {f.message}" for f in self.errors)
+                + " | ".join(f"({f.check}) {f.message}" for f in self.errors)
             )
 
 
@@ -201,8 +201,8 @@ def preflight(
     if assumed:
         add("warning", "assumed",
             "not stated, so assumed: " + ", ".join(assumed) + ". If the client trained "
-            "otherwise, state it (flags or a training YAML); the size check below the "
-            "table tells whether lr and steps fit.")
+            "otherwise, state it (flags or a training YAML); the size check says whether "
+            "lr and steps fit the update.")
 
     # --- inputs: normalization inside the model, stated transform, truth range -------------
     norm = [(n, m) for n, m in model.named_modules()

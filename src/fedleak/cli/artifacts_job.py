@@ -35,6 +35,7 @@ from fedleak.models.adapter import (
     adapt_update,
     check_image_shape,
     check_pixels,
+    input_transform,
     load_model_def,
 )
 from fedleak.report import save_grid, write_config, write_json
@@ -198,7 +199,9 @@ def prepare(job: ArtifactJob) -> tuple[torch.nn.Module, ClientUpdate, Preflight,
     model, notes = adapt_model(user, image_shape=shape, mean=mean, std=std,
                                value_range=job.input_range, logits=job.logits)
     report = preflight(user, update, client_keys=client_keys, assumed=assumed,
-                       input_transform=describe_transform(job))
+                       input_transform=describe_transform(job), image_shape=shape,
+                       transform=input_transform(shape[0], mean=mean, std=std,
+                                                 value_range=job.input_range))
     return model, adapt_update(update, model), report, notes
 
 

@@ -15,7 +15,7 @@ each parameter by at most about ``lr (1 - b1) / sqrt(1 - b2)`` per step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +98,9 @@ def preflight(
     assumed: Sequence[str] = (),
     input_transform: str | None = None,
     truth_range: tuple[float, float] | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    transform: nn.Module | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Preflight:
     """Check ``update`` against ``model`` (holding the global weights) and the stated training.
 
@@ -108,7 +111,17 @@ def preflight(
         assumed: settings the server did not know and assumed (``"momentum=0.0"``, ...).
         input_transform: the stated pipeline transform (e.g. ``"mean 0.5 std 0.5"``), or None.
         truth_range: (min, max) of the truth images when given, to catch normalized data.
+        image_shape: (C, H, W); enables the replay check: the stated training replayed on
+            random images must give an update of about the received size.
+        transform: the stated input transform as a module (pixels in [0, 1] -> model input).
+        settings: the training settings as stated; what they leave out is reported as
+            assumed (as ``assumed`` does, for callers that computed it already).
     """
+    if settings is not None and not assumed:
+        from fedleak.fl.artifacts import training_from_settings
+
+        assumed = training_from_settings(settings, kind=update.kind,
+                                         num_samples=update.num_samples)[2]
     out: list[Finding] = []
     add = lambda level, check, msg: out.append(Finding(level, check, msg))  # noqa: E731
     params = {k: p for k, p in model.named_parameters()}
@@ -194,8 +207,10 @@ def preflight(
             "else the attack cannot know how many images to rebuild.")
 
     # --- gradient or delta? is its size plausible for the stated lr and steps? ---------------
-    for f in _size_checks(model, update):
-        out.append(f)
+    size = _size_checks(model, update)
+    out.extend(size)
+    if image_shape is not None and not any(f.level == "error" for f in size):
+        out.extend(_replay_check(model, update, image_shape, transform))
 
     # --- assumptions the server had to make ----------------------------------------------------
     if assumed:
@@ -255,13 +270,17 @@ def _size_checks(model: nn.Module, update: ClientUpdate) -> list[Finding]:
                         "skipped fit, or the global weights saved as the client's).")]
     params = dict(model.named_parameters())
     if update.kind == "delta":
-        rel = [norms[k] / max(float(params[k].detach().float().abs().sum()), 1e-12)
-               for k in update.tensors if k in params and params[k].numel() > 1]
-        if rel and min(rel) > 0.5:
+        common = [k for k in update.tensors
+                  if k in params and params[k].shape == update.tensors[k].shape]
+        dot = sum(float((update.tensors[k].double() * params[k].detach().double()).sum())
+                  for k in common)
+        un = sum(float(update.tensors[k].double().pow(2).sum()) for k in common) ** 0.5
+        wn = sum(float(params[k].detach().double().pow(2).sum()) for k in common) ** 0.5
+        if un > 0 and wn > 0 and dot / (un * wn) > 0.95:  # a delta is not aligned with weights
             out.append(Finding(
                 "error", "kind",
-                "the update is as large as the weights themselves in every tensor: it looks "
-                "like the client's absolute weights passed as the update; pass them as the "
+                "the update points the same way as the global weights (cosine > 0.95): it "
+                "looks like the client's absolute weights passed as the update; pass them as the "
                 "client state (--client / from_states), which subtracts the global weights."))
             return out
     bias = _classifier_bias(model)
@@ -295,9 +314,10 @@ def _size_checks(model: nn.Module, update: ClientUpdate) -> list[Finding]:
     wd = cfg.weight_decay * float(params[bias].detach().abs().sum()) if cfg.weight_decay else 0.0
     bound = _bias_bound_per_step(cfg, cfg.local_steps) * (1 + wd) * 1.05
     if l1 > bound:
-        what = ("it looks like a gradient passed as a delta (state --update kind gradient / "
-                "FedSGD)" if l1 <= 2.1 and cfg.lr < 0.5 else
-                "the stated lr or number of steps is too small")
+        what = "the stated lr or number of steps is too small"
+        if l1 <= 2.1:
+            what += (", or this is a gradient passed as a delta (a FedSGD gradient goes to "
+                     "--update / kind='gradient', not --client)")
         out.append(Finding(
             "error", "size",
             f"the classifier bias moved by {l1:.3g} (L1), but {cfg.local_steps} SGD steps at "
@@ -309,3 +329,96 @@ def _size_checks(model: nn.Module, update: ClientUpdate) -> list[Finding]:
             f"{cfg.local_steps} steps at lr={cfg.lr:g} allow ({bound:.3g}): the stated lr or "
             "steps may be too large, or the model already fits these images perfectly."))
     return out
+
+
+# the received update may be this many times larger or smaller than the replay: measured on
+# 4-image clients (tests/test_preflight.py) correct settings give 0.5-0.9, unstated momentum
+# 0.9 1.5, an lr 20x too small 15+; so only gross mismatches are flagged
+REPLAY_TOLERANCE = 3.0
+
+
+def _replay_check(
+    model: nn.Module,
+    update: ClientUpdate,
+    image_shape: tuple[int, int, int],
+    transform: nn.Module | None,
+    simulations: int = 4,
+) -> list[Finding]:
+    """Replay the stated training on random images; compare the update's size with it.
+
+    A heuristic, hence a warning: real images give updates of the same order as random ones
+    carrying the labels the update reveals, for a model that has not learned them; a wrong lr
+    or step count shows up as a ratio far from 1. Small mismatches (unstated momentum) stay
+    within the tolerance: the "assumed" warning names them instead.
+    """
+    from fedleak.fl.client import local_update
+
+    cfg, n = update.training, update.num_samples
+    if cfg is None or n is None or (update.kind == "delta" and cfg.lr <= 0):
+        return []
+    names = [k for k in update.tensors]
+    got = sum(float(update.tensors[k].double().pow(2).sum()) for k in names) ** 0.5
+    sims = []
+    gen = torch.Generator().manual_seed(0)
+    param = next(model.parameters())
+    labels = _labels_of(model, update, n, image_shape)
+    for _ in range(simulations):
+        x = torch.rand((n, *image_shape), generator=gen).to(param)
+        if transform is not None:
+            x = transform.to(param)(x)
+        if labels is None:
+            y = torch.randint(0, _classes(model, x), (n,), generator=gen).to(param.device)
+        else:  # the labels the update reveals, in a random order (the batches are unknown)
+            y = labels[torch.randperm(n, generator=gen)].to(param.device)
+        opts: dict[str, Any] = {"protocol": cfg.protocol, "lr": cfg.lr or 0.01,
+                                "bn_mode": cfg.bn_mode}
+        if update.kind == "delta":
+            opts |= {"local_steps": cfg.local_steps, "batch_size": cfg.batch_size,
+                     "optimizer": cfg.optimizer, "momentum": cfg.momentum,
+                     "weight_decay": cfg.weight_decay, "betas": cfg.betas}
+        try:
+            sim = local_update(model, x, y, **opts)
+        except Exception:  # noqa: BLE001 - a model the simulation cannot train: skip the check
+            return []
+        sims.append(sum(float(sim.tensors[k].double().pow(2).sum())
+                        for k in names if k in sim.tensors) ** 0.5)
+    expected = sum(sims) / len(sims)
+    if expected <= 0:
+        return []
+    ratio = got / expected
+    what = ("update" if update.kind == "delta" else "gradient")
+    stated = (f"lr={cfg.lr:g}, {cfg.local_steps} steps of {cfg.batch_size}, {cfg.optimizer}"
+              f" momentum {cfg.momentum:g}" if update.kind == "delta" else "a mean-loss gradient")
+    msg = (f"the {what} is {ratio:.2g} times the size of the stated training ({stated}) "
+           f"replayed on random images")
+    if 1 / REPLAY_TOLERANCE <= ratio <= REPLAY_TOLERANCE:
+        return [Finding("info", "replay", msg + ": plausible.")]
+    return [Finding(
+        "warning", "size",
+        msg + ": the client's lr, number of steps, momentum or batch size probably differ "
+        "from the stated ones (or the model has already learned these images); state them.")]
+
+
+def _classes(model: nn.Module, x: torch.Tensor) -> int:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    finally:
+        model.train(was)
+    from fedleak.models.adapter import find_logits
+
+    return int(find_logits(out).shape[-1])
+
+
+def _labels_of(
+    model: nn.Module, update: ClientUpdate, n: int, image_shape: tuple[int, int, int]
+) -> torch.Tensor | None:
+    """The labels recovered from the update (label counts vary the update's size most)."""
+    from fedleak.attacks.labels import recover_labels
+
+    try:
+        return recover_labels(model, update, n, image_shape)[0].reshape(-1).long()
+    except Exception:  # noqa: BLE001 - no linear head, or a model it cannot simulate
+        return None

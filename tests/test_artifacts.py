@@ -242,3 +242,35 @@ def test_cli_errors_are_one_line(tmp_path):
     r = _cli(tmp_path, "--lr", "0.1", "--local-epochs", "2", "--batch-size", "2",
              "--num-samples", "4", "--truth", str(tmp_path / "truth.npz"))
     assert r.exit_code == 2 and "[0, 1]" in r.output
+
+
+def tiny_vit():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.ViTForImageClassification(config)  # random weights: no download
+
+
+def test_huggingface_vit_is_attacked_through_the_adapter():
+    vit = tiny_vit()
+    assert vit.config._attn_implementation != "eager"  # SDPA: no double backward on the CPU
+    model, notes = adapt_model(vit, image_shape=(1, 8, 8), mean=0.5, std=0.5)
+    assert any("eager" in n for n in notes) and any("logits" in n for n in notes)
+    assert vit.config._attn_implementation == "eager"
+    x, y = pixels(n=1)
+    update = fedleak.observe(model, x, y)
+    rec = fedleak.attack("inverting-gradients", model, update, threat=ThreatModel(labels=y),
+                         iterations=30, restarts=1)
+    assert rec.images.shape == (1, 1, 8, 8) and math.isfinite(rec.loss_history[-1])
+    assert rec.loss_history[-1] < rec.loss_history[0]  # it fits the update
+
+
+def test_fused_attention_that_cannot_be_switched_is_refused_up_front():
+    vit = tiny_vit()
+    vit.set_attn_implementation = None  # as an older transformers without the setter
+    with pytest.raises(ConfigError, match="attn_implementation"):
+        adapt_model(vit, image_shape=(1, 8, 8))

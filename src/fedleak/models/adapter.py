@@ -277,6 +277,7 @@ def check_pixels(images: torch.Tensor, what: str = "images") -> None:
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise DataError(
             f"`{what}` range over [{lo:.3g}, {hi:.3g}], not pixels in [0, 1]: pass the raw "
-            "images and state the pipeline's normalization with --input-mean/--input-std "
-            "(or --input-range); it is then applied for the attack and the scoring alike."
+            "images and state the pipeline's normalization (--input-mean/--input-std or "
+            "--input-range; input_transform= in Python): it then serves the attack and the "
+            "scoring alike."
         )

@@ -180,6 +180,9 @@ class AuditStrategy(Strategy):
                 f"`client_training` of AuditStrategy takes local_update options "
                 f"({', '.join(TRAIN_KEYS)}); got {unknown[0]!r}."
             )
+        local = {"local_steps", "local_epochs", "batch_size", "optimizer", "momentum"}
+        if local & set(self.client_training) and "protocol" not in self.client_training:
+            self.client_training["protocol"] = "fedavg"  # local steps: not a single gradient
         self.input_transform = dict(input_transform or {})
         self.image_shape = image_shape
         self.threads = threads
@@ -374,7 +377,7 @@ class AuditStrategy(Strategy):
             round=r,
         )
 
-    def _assumed(self, r: int, msg: Message) -> list[str]:
+    def _assumed(self, r: int, msg: Message, model: nn.Module) -> list[str]:
         """Training settings neither the sent config nor ``client_training`` gave."""
         if META_KEY in msg.content.config_records:
             return []  # the client reported its training itself
@@ -383,6 +386,8 @@ class AuditStrategy(Strategy):
         keys = ("protocol", "local-epochs", "batch-size", "optimizer", "momentum", "bn-mode")
         if "local-steps" in given:
             keys = tuple(k for k in keys if k != "local-epochs")
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            keys = tuple(k for k in keys if k != "bn-mode")
         return [k for k in keys if k not in given]
 
     def _audit(self, r: int, c: int, msg: Message) -> None:
@@ -394,7 +399,7 @@ class AuditStrategy(Strategy):
         model = self.model_fn()
         model.load_state_dict(state_from_arrays(self._global[r]))
         update = self.update_of(r, msg, model)
-        assumed = self._assumed(r, msg)
+        assumed = self._assumed(r, msg, model)
         tr0 = update.training
         if assumed and tr0 is not None:
             text = (f"fedleak audit assumed what the server does not know: {', '.join(assumed)} "

@@ -87,12 +87,9 @@ def attack_artifacts(ctx: typer.Context | None, a: dict[str, Any]) -> None:
         grant_labels=a["grant_labels"],
         seed=a["seed"],
     )
-    from fedleak.audit.runner import planned_iterations
-
     out: Path = a["out"]
-    with progress_bar(attack_name, planned_iterations(attack_name, options)) as prog:
-        result = run_artifact_job(job, out, progress=prog, log=log,
-                                  show_preflight=print_preflight)
+    result = run_artifact_job(job, out, log=log, show_preflight=print_preflight,
+                              progress_factory=progress_bar)
     if result["scores"] is not None:
         print_scores([{"attack": attack_name, "scores": result["scores"]}],
                      f"{attack_name} on {Path(job.client_file or job.update_file).name}")

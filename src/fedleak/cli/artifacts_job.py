@@ -9,6 +9,7 @@ fit check's verdict, after the attack.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -224,8 +225,13 @@ def run_artifact_job(
     progress: Progress | None = None,
     log: Callable[[str], None] = lambda m: None,
     show_preflight: Callable[[Preflight], None] | None = None,
+    progress_factory: Callable[[str, int], Any] | None = None,
 ) -> dict[str, Any]:
-    """Preflight, attack, (score) and write the run folder: metrics.json, grid, config."""
+    """Preflight, attack, (score) and write the run folder: metrics.json, grid, config.
+
+    ``progress_factory(label, total)``: a context manager giving the progress callback,
+    opened after the preflight (so a refused run shows no empty progress bar).
+    """
     out.mkdir(parents=True, exist_ok=True)
     model, update, report, notes = prepare(job)
     write_config(out, asdict(job), "attack (artifacts)")
@@ -248,11 +254,17 @@ def run_artifact_job(
     if n is None and truth is not None:
         n = truth[0].shape[0]
     threat = ThreatModel(level=job.threat, labels=labels)
-    rec = fedleak.attack(
-        job.attack, model, update, threat=threat, seed=job.seed, num_images=n,
-        progress=progress, truth=None if truth is None else (truth[0], labels),
-        **job.attack_options,
-    )
+    with contextlib.ExitStack() as stack:
+        if progress_factory is not None:
+            from fedleak.audit.runner import planned_iterations
+
+            total = planned_iterations(job.attack, job.attack_options)
+            progress = stack.enter_context(progress_factory(job.attack, total))
+        rec = fedleak.attack(
+            job.attack, model, update, threat=threat, seed=job.seed, num_images=n,
+            progress=progress, truth=None if truth is None else (truth[0], labels),
+            **job.attack_options,
+        )
     result |= {"reconstruction": rec.summary(), "loss_history": rec.loss_history,
                "scores": None}
     torch.save({"images": rec.images, "labels": rec.labels}, out / "reconstruction.pt")

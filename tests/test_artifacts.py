@@ -274,3 +274,30 @@ def test_fused_attention_that_cannot_be_switched_is_refused_up_front():
     vit.set_attn_implementation = None  # as an older transformers without the setter
     with pytest.raises(ConfigError, match="attn_implementation"):
         adapt_model(vit, image_shape=(1, 8, 8))
+
+
+def test_cli_update_file_gradient_or_saved_client_update(tmp_path):
+    model = user_model()
+    x, y = pixels(n=2)
+    g, grads, _ = train_plainly(model, x, y, fedsgd=True)
+    torch.save(g, tmp_path / "global.pt")
+    torch.save(grads, tmp_path / "grad.pt")
+    common = ["--quiet", "attack", "--model-def", SPEC, "--global", str(tmp_path / "global.pt"),
+              "--image-shape", "1,8,8", "--input-mean", "0.5", "--input-std", "0.5",
+              "--iterations", "5", "--restarts", "1", "--attack", "dlg"]
+    r = runner.invoke(app, [*common, "--update", str(tmp_path / "grad.pt"), "--lr", "0.1",
+                            "--num-samples", "2", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["reconstruction"]["num_images"] == 2 and metrics["preflight"]["errors"] == 0
+    adapted, _ = adapt_model(model, image_shape=(1, 8, 8), mean=0.5, std=0.5)
+    saved = fedleak.observe(adapted, x, y)  # a fedleak-format update, names of the adapted model
+    plain = saved.replace(tensors={k[len("model."):]: v for k, v in saved.tensors.items()},
+                          buffers={k[len("model."):]: v for k, v in saved.buffers.items()})
+    plain.save(tmp_path / "update.pt")
+    r = runner.invoke(app, [*common, "--update", str(tmp_path / "update.pt"),
+                            "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*common, "--client", str(tmp_path / "update.pt"),
+                            "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "--update" in r.output

@@ -233,9 +233,14 @@ def preflight(
             f"the model normalizes inside ({type(norm[0][1]).__name__}): it expects pixels "
             "in [0, 1]; the attack optimizes pixels in [0, 1].")
     elif input_transform:
+        span = ""
+        if transform is not None and hasattr(transform, "mean") and hasattr(transform, "std"):
+            lo = ((0 - transform.mean) / transform.std).min().item()
+            hi = ((1 - transform.mean) / transform.std).max().item()
+            span = f"; the model sees inputs in [{lo:.3g}, {hi:.3g}]"
         add("info", "normalization",
             f"pixels in [0, 1] go through the stated transform ({input_transform}) before the "
-            "model, for the attack and the scoring alike.")
+            f"model, for the attack and the scoring alike{span}.")
     else:
         add("warning", "normalization",
             "the model does not normalize its input and no input transform is stated: the "

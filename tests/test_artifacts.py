@@ -301,3 +301,13 @@ def test_cli_update_file_gradient_or_saved_client_update(tmp_path):
     r = runner.invoke(app, [*common, "--client", str(tmp_path / "update.pt"),
                             "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "--update" in r.output
+
+
+def test_cli_without_lr_names_the_missing_settings(tmp_path):
+    model = user_model()
+    x, y = pixels()
+    g, c, _ = train_plainly(model, x, y, fedsgd=False)
+    torch.save(g, tmp_path / "global.pt")
+    torch.save(c, tmp_path / "client.pt")
+    r = _cli(tmp_path, "--num-samples", "4")
+    assert r.exit_code == 2 and "--lr" in r.output and "threat level" not in r.output

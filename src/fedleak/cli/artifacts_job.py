@@ -193,9 +193,12 @@ def prepare(job: ArtifactJob) -> tuple[torch.nn.Module, ClientUpdate, Preflight,
             g_state, job.client_file, model=user, training=job.training or None, kind="delta",
         )
         _, _, assumed = training_from_settings(job.training, kind="delta")
-    if not job.training and update.training is None:
-        assumed.append("no training settings at all (lr, steps, ...): the attack must use a "
-                       "scale-free objective and cannot replay local training")
+    if update.training is None and update.kind == "delta" and job.threat >= "C":
+        raise ConfigError(
+            "the client's lr is needed to read its weights as an update: state --lr and the "
+            "steps (--local-steps, or --local-epochs with --batch-size and --num-samples), or "
+            "audit as an attacker without training details (--threat B)."
+        )
     mean, std = _per_channel(job.input_mean), _per_channel(job.input_std)
     model, notes = adapt_model(user, image_shape=shape, mean=mean, std=std,
                                value_range=job.input_range, logits=job.logits)

@@ -27,6 +27,7 @@ from fedleak.fl.artifacts import (
     SETTING_DEFAULTS,
     load_global_model,
     load_state,
+    model_bn_buffer_names,
     training_from_settings,
     update_from_states,
 )
@@ -193,6 +194,8 @@ def prepare(job: ArtifactJob) -> tuple[torch.nn.Module, ClientUpdate, Preflight,
             g_state, job.client_file, model=user, training=job.training or None, kind="delta",
         )
         _, _, assumed = training_from_settings(job.training, kind="delta")
+    if not model_bn_buffer_names(user):  # no BatchNorm: its mode is no assumption
+        assumed = [a for a in assumed if not a.startswith("bn_mode")]
     if update.training is None and update.kind == "delta" and job.threat >= "C":
         raise ConfigError(
             "the client's lr is needed to read its weights as an update: state --lr and the "

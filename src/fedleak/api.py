@@ -116,6 +116,11 @@ def attack(
     view.check_matches(model)
     n = num_images if num_images is not None else view.num_samples
     if n is None or n < 1:
+        if threat.knows("training_details"):
+            raise ConfigError(
+                "`num_images` of attack is unknown: the update carries no sample count "
+                "(num_samples is missing); pass num_images=... or state num_samples."
+            )
         raise ConfigError(
             "`num_images` of attack is unknown: pass num_images=... or grant the number of "
             "samples (threat level C)."
@@ -128,7 +133,7 @@ def attack(
     param = next(model.parameters(), None)
     _probe(model, torch.zeros((1, *shape), device=None if param is None else param.device),
            "`image_shape`", shape)
-    num_classes = last_linear(model)[1].out_features if cls.uses_labels else 0
+    num_classes = _num_classes(model, granted=threat.labels is not None) if cls.uses_labels else 0
     labels, method = None, "none"
     if threat.labels is not None:
         labels, method = threat.labels.reshape(-1).long(), "granted"
@@ -156,6 +161,25 @@ def attack(
     if not bool(torch.isfinite(rec.images).all()):
         raise UpdateError(f"attack {name!r} produced non-finite images.")
     return dataclasses.replace(rec, fit=fit_check(atk, inputs, rec, truth))
+
+
+def _num_classes(model: nn.Module, *, granted: bool) -> int:
+    """Classes of the classifier; with granted labels the last layer need not be nn.Linear."""
+    try:
+        return last_linear(model)[1].out_features
+    except ConfigError:
+        known = getattr(model, "num_classes", None)
+        if granted and isinstance(known, int):
+            return known
+        if granted:
+            raise ConfigError(
+                "the model has no nn.Linear classifier and no `num_classes` attribute: set "
+                "model.num_classes (fedleak.models.adapter.adapt_model does)."
+            ) from None
+        raise ConfigError(
+            "label recovery needs a model whose last layer is an nn.Linear; grant the labels "
+            "(ThreatModel(labels=...), --grant-labels) to attack this model."
+        ) from None
 
 
 def fit_check(

@@ -238,8 +238,47 @@ def attack(
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Log progress every N iterations.")] = 100,
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/attack"),
+    ctx: typer.Context = None,  # type: ignore[assignment]
+    global_file: Annotated[
+        Path | None, typer.Option("--global", help="Real artifacts: the global weights file.")
+    ] = None,
+    client_file: Annotated[
+        Path | None, typer.Option("--client", help="The client's returned weights file.")
+    ] = None,
+    update_file: Annotated[
+        Path | None, typer.Option("--update", help="A saved ClientUpdate or gradient file.")
+    ] = None,
+    model_def: Annotated[
+        str | None, typer.Option(help="Your model: path/to/file.py:ClassName.")
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None, typer.Option(help="Argument of your model key=value (repeatable).")
+    ] = None,
+    training_file: Annotated[
+        Path | None, typer.Option("--training", help="The client's settings (YAML/TOML).")
+    ] = None,
+    num_samples: Annotated[int | None, typer.Option(help="Images the client trained on.")] = None,
+    image_shape: Annotated[str | None, typer.Option(help="Model input C,H,W.")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes (built-in models).")] = None,
+    input_mean: Annotated[str | None, typer.Option(help="Your pipeline's Normalize mean.")] = None,
+    input_std: Annotated[str | None, typer.Option(help="Your pipeline's Normalize std.")] = None,
+    input_range: Annotated[
+        str | None, typer.Option(help="Or: pixels rescaled to LO,HI (e.g. -1,1).")
+    ] = None,
+    logits: Annotated[str | None, typer.Option(help="Output field holding the logits.")] = None,
+    truth: Annotated[
+        str | None, typer.Option(help="The client's real images (scoring only): .pt/.npz/DATA.")
+    ] = None,
 ) -> None:
-    """Simulate one client update and attack it; writes metrics, grid and config to OUT."""
+    """Simulate one client update and attack it; writes metrics, grid and config to OUT.
+
+    With --global and --client (or --update) it audits real saved artifacts instead.
+    """
+    if global_file is not None:
+        from fedleak.cli.artifacts_cmd import attack_artifacts
+
+        attack_artifacts(ctx, locals())
+        return
     from fedleak.audit.runner import planned_iterations
     from fedleak.cli.jobs import AttackJob, run_attack_job
 

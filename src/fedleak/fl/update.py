@@ -130,6 +130,27 @@ class ClientUpdate:
         if problems:
             raise UpdateError("update does not fit the model: " + "; ".join(problems[:3]) + ".")
 
+    # --- real artifacts: what a real server received (fedleak.fl.artifacts) ------------------
+    @classmethod
+    def from_states(cls, global_state: Any, client_state: Any, **kwargs: Any) -> ClientUpdate:
+        """The update a server saw, from saved states (see ``fl.artifacts.update_from_states``).
+
+        Example: ``ClientUpdate.from_states("global.pt", "client.safetensors", model=net,
+        training={"lr": 0.1, "epochs": 2, "batch_size": 8}, num_samples=16)``.
+        """
+        from fedleak.fl.artifacts import update_from_states
+
+        return update_from_states(global_state, client_state, **kwargs)
+
+    @classmethod
+    def from_modules(
+        cls, global_model: torch.nn.Module, client_model: torch.nn.Module, **kwargs: Any
+    ) -> ClientUpdate:
+        """:meth:`from_states` of the global model and the client's trained copy."""
+        from fedleak.fl.artifacts import update_from_modules
+
+        return update_from_modules(global_model, client_model, **kwargs)
+
     # --- serialization: plain tensors + JSON metadata, loaded with weights_only=True -------------
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -269,6 +269,7 @@ def serve_audit(
         truth=fed.client_data if score else None,
         prior=fed.prior,
         out=out,
+        run_folder=False,  # fedleak's own audit folder (resume, summary) is `out` itself
         seed=cfg.seed,
         filters=", ".join(f.name for f in cfg.filters) or "none",
         first_round=start_round,

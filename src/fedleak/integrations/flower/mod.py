@@ -20,7 +20,7 @@ works.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +29,12 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricR
 from flwr.common.constant import ErrorCode
 from torch import nn
 
-from fedleak.audit.selfcheck import SelfCheck
+from fedleak.audit.selfcheck import SelfCheck, empty_update
 from fedleak.defenses.filters import UpdateTransform
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl import ClientData, ClientUpdate
 from fedleak.fl.server import round_generator
+from fedleak.integrations.flower.hygiene import adapt_for_audit, torch_threads
 from fedleak.integrations.flower.records import (
     derive_training,
     from_arrays,
@@ -42,6 +43,7 @@ from fedleak.integrations.flower.records import (
     to_arrays,
     train_options,
 )
+from fedleak.models.adapter import check_pixels
 
 CLIENT_KEY = "fedleak.client"
 WITHHELD_KEY = "fedleak.withheld"
@@ -84,6 +86,12 @@ class LeakageCheckMod:
             "withhold" or "empty", prior); ``None`` applies the filters only.
         seed: the federation seed (filter noise).
         client_id_fn: ``context -> int`` (default: ``partition-id``).
+        input_transform: your pipeline from pixels in [0, 1] to the model's input
+            (``{"mean": m, "std": s}`` or ``{"range": (lo, hi)}``); ``data_fn`` must then
+            return raw pixels in [0, 1] (normalized images are refused: they would be scored
+            as pixels).
+        image_shape: (C, H, W) when the model has no ``input_shape`` attribute.
+        threads: torch threads while checking (default 1; None leaves torch's setting).
     """
 
     name = "LeakageCheckMod"
@@ -97,6 +105,9 @@ class LeakageCheckMod:
         check: SelfCheck | None = None,
         seed: int = 0,
         client_id_fn: Callable[[Context], int] = partition_id,
+        input_transform: Mapping[str, Any] | None = None,
+        image_shape: tuple[int, int, int] | None = None,
+        threads: int | None = 1,
     ) -> None:
         if check is not None and data_fn is None:
             raise ConfigError(
@@ -113,6 +124,9 @@ class LeakageCheckMod:
         self.check = check
         self.seed = seed
         self.client_id_fn = client_id_fn
+        self.input_transform = dict(input_transform or {})
+        self.image_shape = image_shape
+        self.threads = threads
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if not msg.metadata.message_type.startswith(MessageType.TRAIN):
@@ -200,7 +214,9 @@ class LeakageCheckMod:
             records: list[dict[str, Any]] = []
             check = replace(self.check, record=records.append, skip=None)
             images, labels = self.data_fn(context)
-            sent = check(r, c, sent, ClientData(images, labels), model)  # type: ignore[arg-type]
+            check_pixels(images, "images of data_fn")
+            with torch_threads(self.threads):
+                sent = self._check(check, r, c, sent, ClientData(images, labels), model)
             record = records[0] if records else None
         metrics[CLIENT_KEY] = c
         if record is not None:
@@ -220,3 +236,18 @@ class LeakageCheckMod:
             content[SELFCHECK_KEY] = ConfigRecord({"record": json.dumps(record)})
         out.content = content
         return out
+
+    def _check(
+        self, check: SelfCheck, r: int, c: int, update: ClientUpdate | None, data: ClientData,
+        model: nn.Module,
+    ) -> ClientUpdate | None:
+        """The self-check on the model as the attack needs it (pixels in, logits out)."""
+        if update is None:
+            return None
+        wrapped, adapted, _ = adapt_for_audit(
+            model, update, image_shape=self.image_shape, transform=self.input_transform
+        )
+        result = check(r, c, adapted, data, wrapped)
+        if result is None or result is adapted:
+            return None if result is None else update
+        return empty_update(update, model)

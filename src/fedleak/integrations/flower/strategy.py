@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -46,6 +49,11 @@ from fedleak.audit.runner import LEAKAGE_FIELDS
 from fedleak.errors import ConfigError
 from fedleak.fl import ThreatModel
 from fedleak.fl.server import round_generator, sample_clients
+from fedleak.integrations.flower.hygiene import (
+    adapt_for_audit,
+    strip_fedleak_metrics,
+    torch_threads,
+)
 from fedleak.integrations.flower.mod import (
     CLIENT_KEY,
     META_KEY,
@@ -99,6 +107,19 @@ class AuditStrategy(Strategy):
         first_round: the federation round of Flower's round 1 (a resumed run).
         done: (round, client) pairs already audited (skipped).
         on_error: "skip" (Flower's default: log and aggregate the rest) or "raise".
+        client_training: what the server cannot know but you do: the clients' real
+            training, as ``local_update`` options (``{"local_steps": 2, "batch_size": 32,
+            "momentum": 0.9}``); it overrides the sent config for the audit only. Whatever
+            neither says is assumed, recorded under ``assumed`` and warned about in Flower's
+            log, and the preflight checks whether the update's size fits.
+        input_transform: the clients' pipeline from pixels in [0, 1] to the model's input,
+            ``{"mean": m, "std": s}`` or ``{"range": (lo, hi)}``; the attack works in pixels
+            and the truth (pixels in [0, 1]) is scored in them.
+        image_shape: (C, H, W) of the model's input when the model has no ``input_shape``.
+        run_folder: write into ``out/run-<run id>`` (one folder per run); default: when
+            ``out`` is relative (resolved against the directory the strategy is built in).
+        threads: torch threads for the server's attacks (default 1: a 2-thread pool spinning
+            beside Ray's actors made one attack 20x slower); None leaves torch's setting.
         restore_dtypes: give the aggregate the global arrays' dtypes: integer arrays
             (BatchNorm counters, which FedAvg averages into float64) take the clients' maximum
             as fedleak does, float arrays are cast back (clients may send float64, see
@@ -123,6 +144,11 @@ class AuditStrategy(Strategy):
         restore_dtypes: bool = True,
         log: Callable[[str], None] = lambda m: None,
         progress_factory: Any = None,
+        client_training: Mapping[str, Any] | None = None,
+        input_transform: Mapping[str, Any] | None = None,
+        image_shape: tuple[int, int, int] | None = None,
+        run_folder: bool | None = None,
+        threads: int | None = 1,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ConfigError(f"`on_error` must be 'skip' or 'raise'; got {on_error!r}.")
@@ -142,6 +168,24 @@ class AuditStrategy(Strategy):
         self.truth = truth
         self.prior = prior
         self.out = Path(out) if out is not None else None
+        if run_folder is None:
+            run_folder = self.out is not None and not self.out.is_absolute()
+        if self.out is not None:
+            self.out = self.out.resolve()  # here, not in the SuperLink's working directory
+        self.run_folder = bool(run_folder)
+        self.client_training = {k: v for k, v in (client_training or {}).items()}
+        unknown = sorted(set(self.client_training) - set(TRAIN_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"`client_training` of AuditStrategy takes local_update options "
+                f"({', '.join(TRAIN_KEYS)}); got {unknown[0]!r}."
+            )
+        local = {"local_steps", "local_epochs", "batch_size", "optimizer", "momentum"}
+        if local & set(self.client_training) and "protocol" not in self.client_training:
+            self.client_training["protocol"] = "fedavg"  # local steps: not a single gradient
+        self.input_transform = dict(input_transform or {})
+        self.image_shape = image_shape
+        self.threads = threads
         self.seed = seed
         self.filters = filters
         self.offset = first_round - 1
@@ -156,6 +200,24 @@ class AuditStrategy(Strategy):
         self._global: dict[int, ArrayRecord] = {}
         self._sent: dict[int, dict[int, dict[str, Any]]] = {}
         self._clients: dict[int, int] = {}  # node id -> client id
+        self.failures: list[dict[str, Any]] = []  # failed client replies, every round
+        self.aggregated: dict[int, int] = {}  # round -> updates that reached the aggregate
+        self.warned: set[str] = set()  # assumption warnings already logged
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
+        """Flower's loop, in a run folder of its own when ``run_folder`` (see Args)."""
+        if self.out is not None and self.run_folder:
+            run = getattr(getattr(grid, "run", None), "run_id", None)
+            run_id = str(run) if run else time.strftime("%Y%m%d-%H%M%S")
+            self.out = self.out / f"run-{run_id}"
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._warn(f"fedleak audit: run folder {self.out}", logging.INFO)
+        return super().start(grid, initial_arrays, *args, **kwargs)
+
+    def _warn(self, message: str, level: int = logging.WARNING) -> None:
+        """Into Flower's log (shown by default) and fedleak's ``log``."""
+        flwr_log(level, message)
+        self.log(message)
 
     # --- pass-through -------------------------------------------------------------------------
     def summary(self) -> None:
@@ -165,6 +227,16 @@ class AuditStrategy(Strategy):
             f"audit: {s.attack} at threat level {s.threat}, every {s.every} round(s) from round "
             f"{s.start}, clients {s.clients}; scoring {'on' if self.truth else 'off'}"
         )
+        failed = len(self.failures)
+        withheld = sum(len(v["withheld"]) for v in self.rounds.values())
+        empty = [r for r, k in self.aggregated.items() if k == 0]
+        if failed or withheld or empty:
+            self._warn(
+                f"fedleak audit summary: {failed} client failure(s), {withheld} withheld "
+                f"update(s); rounds without any aggregated update: {empty or 'none'}"
+                + (f"; first failure: {self.failures[0]['reason']}" if failed else ""),
+                logging.ERROR if empty else logging.WARNING,
+            )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -192,6 +264,11 @@ class AuditStrategy(Strategy):
                 f"round {r}: {len(errors)} client(s) failed; node {m.metadata.src_node_id}: "
                 f"{m.error.reason}"
             )
+        for m in errors:
+            failure = {"round": r, "node": m.metadata.src_node_id, "reason": m.error.reason}
+            self.failures.append(failure)
+            self._warn(f"round {r}: client on node {failure['node']} failed and is left out "
+                       f"of the aggregate: {failure['reason']}")
         ok = [m for m in replies if not m.has_error()]
         for m in ok:
             c = _metrics(m).get(CLIENT_KEY)
@@ -208,13 +285,23 @@ class AuditStrategy(Strategy):
                 c = self._client(m)
                 if self._audited(c) and (r, c) not in self.done:
                     self._audit(r, c, m)
-        arrays, metrics = self.strategy.aggregate_train(r, kept)
-        if arrays is not None and self.restore_dtypes and kept:
-            arrays = self._restore_dtypes(r, arrays, kept)
         self.rounds[r] = {
             "clients": sorted(self._client(m) for m in replies),
             "withheld": sorted(self._client(m) for m in withheld),
         }
+        self.aggregated[r] = len(kept)
+        if withheld:
+            self._warn(f"round {r}: client(s) {self.rounds[r]['withheld']} withheld their "
+                       "update (fedleak self-check) and are left out of the aggregate")
+        if not kept:
+            self._warn(f"round {r}: no client update to aggregate ({len(errors)} failed, "
+                       f"{len(withheld)} withheld): the global model stays unchanged",
+                       logging.ERROR)
+        for m in kept:  # fedleak's bookkeeping stays out of the app's metric aggregates
+            strip_fedleak_metrics(m)
+        arrays, metrics = self.strategy.aggregate_train(r, kept)
+        if arrays is not None and self.restore_dtypes and kept:
+            arrays = self._restore_dtypes(r, arrays, kept)
         return arrays, metrics
 
     def configure_evaluate(
@@ -265,6 +352,8 @@ class AuditStrategy(Strategy):
         metrics = _metrics(msg)
         n = metrics.get(NUM_EXAMPLES)
         sent = self._sent.get(r, {}).get(msg.metadata.src_node_id, {})
+        if self.client_training:
+            sent = {**sent, **{TRAIN_KEYS[k]: v for k, v in self.client_training.items()}}
         meta_rec = msg.content.config_records.get(META_KEY)
         if n is not None and any(k in sent for k in TRAIN_KEYS.values()):
             training = derive_training(train_options(sent), int(n), model)
@@ -288,14 +377,55 @@ class AuditStrategy(Strategy):
             round=r,
         )
 
+    def _assumed(self, r: int, msg: Message, model: nn.Module) -> list[str]:
+        """Training settings neither the sent config nor ``client_training`` gave."""
+        if META_KEY in msg.content.config_records:
+            return []  # the client reported its training itself
+        sent = self._sent.get(r, {}).get(msg.metadata.src_node_id, {})
+        given = set(sent) | {TRAIN_KEYS[k] for k in self.client_training}
+        keys = ("protocol", "local-epochs", "batch-size", "optimizer", "momentum", "bn-mode")
+        if "local-steps" in given:
+            keys = tuple(k for k in keys if k != "local-epochs")
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            keys = tuple(k for k in keys if k != "bn-mode")
+        return [k for k in keys if k not in given]
+
     def _audit(self, r: int, c: int, msg: Message) -> None:
+        with torch_threads(self.threads):
+            self._audit_one(r, c, msg)
+
+    def _audit_one(self, r: int, c: int, msg: Message) -> None:
         s = self.schedule
         model = self.model_fn()
         model.load_state_dict(state_from_arrays(self._global[r]))
         update = self.update_of(r, msg, model)
+        assumed = self._assumed(r, msg, model)
+        tr0 = update.training
+        if assumed and tr0 is not None:
+            text = (f"fedleak audit assumed what the server does not know: {', '.join(assumed)} "
+                    f"not sent, so the client is taken to run {tr0.protocol} with "
+                    f"{tr0.local_steps} step(s) of batch {tr0.batch_size}, {tr0.optimizer} "
+                    f"momentum {tr0.momentum:g}, BatchNorm {tr0.bn_mode}; if it trains "
+                    "otherwise, pass AuditStrategy(client_training={...})")
+            if text not in self.warned:
+                self.warned.add(text)
+                self._warn(text)
+        model, update, findings = adapt_for_audit(
+            model, update, image_shape=self.image_shape, transform=self.input_transform,
+            assumed=[f"{k} (not sent)" for k in assumed],
+        )
+        for f in findings:
+            if f["level"] != "info" and f["check"] != "assumed":
+                key = f"{f['check']}: {f['message']}"
+                if key not in self.warned:
+                    self.warned.add(key)
+                    self._warn(f"fedleak preflight, round {r} client {c}: {key}")
         images = labels = None
         if self.truth is not None:
             images, labels = self.truth(c)
+            from fedleak.models.adapter import check_pixels
+
+            check_pixels(images, "truth images")
         threat = ThreatModel(
             s.threat,
             labels=labels if s.grant_labels else None,
@@ -335,6 +465,8 @@ class AuditStrategy(Strategy):
             "seconds": round(rec.seconds, 2),
             "filters": self.filters,
             "grid": grid,
+            "assumed": assumed,
+            "preflight": [f for f in findings if f["level"] != "info"],
         }
         if images is not None:
             sc = fedleak.score(rec, images, labels=labels, prior=self.prior)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import fedleak
+from fedleak.attacks.fedavg_epochs import route_attack
 from fedleak.audit.config import AuditConfig, ClientSpec
 from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset, load_dataset, partition, resize, to_channels
@@ -288,12 +289,13 @@ def run_audit(
         )
         counter["n"] += 1
         label = f"attack {counter['n']}/{n_attacks}: round {r}, client {c}"
-        iters = planned_iterations(aud.attack, attack_options)
+        name = route_attack(aud.attack, update, attack_options)  # shuffled epochs: fedavg-epochs
+        iters = planned_iterations(name, attack_options)
         ctx = progress_factory(label, iters) if progress_factory else None
         prog = ctx.__enter__() if ctx else None
         try:
             rec = fedleak.attack(
-                aud.attack,
+                name,
                 global_model,
                 update,
                 threat=threat,
@@ -324,7 +326,7 @@ def run_audit(
             "num_images": len(data.images),
             "batch_size": tr.batch_size if tr else None,
             "local_steps": tr.local_steps if tr else None,
-            "attack": aud.attack,
+            "attack": name,
             "threat": aud.threat,
             "psnr": s["psnr"],
             "ssim": s["ssim"],

@@ -173,13 +173,13 @@ def match_epochs(
     """Hungarian matching of every epoch's used slots to epoch 0's images: (R, E, N) indices.
 
     ``out[r, e, j]`` is the image of epoch 0 that slot j of epoch e is matched to (-1 for an
-    unused slot). Squared distance of [0, 1] images; slots of a different label never match.
-    Works on detached values on the host (tiny N x N problems).
+    unused slot of a later epoch). Squared distance of [0, 1] images; slots of a different
+    label never match. Works on detached values on the host (tiny N x N problems).
     """
     r, e_count, n = images.shape[:3]
     flat = images.detach().reshape(r, e_count, n, -1).float()
     out = torch.full((r, e_count, n), -1, dtype=torch.long)
-    out[:, 0] = torch.where(used[0], torch.arange(n), torch.full((n,), -1))
+    out[:, 0] = torch.arange(n)  # the reference: an image the client never used keeps its slot
     for e in range(1, e_count):
         cols = used[e].nonzero().flatten()
         if cols.numel() == 0:

@@ -211,7 +211,9 @@ def start_matching(
     setup = matching_setup(
         inputs, fedavg=attack.fedavg, layers=attack.layers, scheme=attack.layer_weights
     )
-    if setup.fedavg_mode == "replay":  # which labels shared a batch is unknown: spread them
+    # which labels shared a batch is unknown: restarts spread them (not under group
+    # consistency, which averages the restarts pixel by pixel and needs one label per slot)
+    if setup.fedavg_mode == "replay" and not getattr(attack, "group_consistency", 0):
         y = restart_labels(inputs, attack.restarts)
     return x0, y, setup
 

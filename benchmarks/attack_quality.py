@@ -166,6 +166,43 @@ def run_one(
     }
 
 
+# A client that reshuffles over 2 epochs (issue 11, defect 3): the epoch-wise attack against the
+# single-split replay, same budget. 16x16 faces and a narrow ConvNet (as tests/test_attacks_ig)
+# keep 6 images x 6 local steps CPU-sized; one label, so no label spread is to be searched.
+SHUFFLED = {
+    "protocol": "fedavg", "local_epochs": 2, "batch_size": 2, "lr": 0.01, "bn_mode": "train",
+    "shuffle": True, "seed": 3,
+}
+
+
+def shuffled_rows(iterations: int) -> None:
+    """Print fedavg-epochs vs inverting-gradients replay on a shuffled 2-epoch client."""
+    size, n = 16, 6
+    ds = load_dataset("lfw-faces", size=size, split="all")
+    truth = ds.images[ds.labels == 0][:n].clone()
+    labels = torch.zeros(n, dtype=torch.long)
+    torch.manual_seed(0)
+    model = build_model(
+        "convnet", input_shape=(1, size, size), num_classes=2, head="flatten",
+        widths=(16, 32, 32), pool_after=(1,),
+    )
+    update = fedleak.observe(model, truth, labels, **SHUFFLED)
+    threat = fedleak.ThreatModel("C", labels=labels)
+    print(f"\n== fedavg-shuffled-e2: {n} faces {size}x{size}, {SHUFFLED}, labels granted")
+    for name in ("fedavg-epochs", "inverting-gradients"):
+        rec = fedleak.attack(
+            name, model, update, threat=threat, iterations=iterations, restarts=1,
+            truth=(truth, labels),
+        )
+        s = fedleak.score(rec, truth, labels=labels)
+        fit = rec.fit.verdict if rec.fit else "-"
+        print(
+            f"  {name}: PSNR {s['psnr']:.2f} dB (flat {s['flat_psnr']:.2f}), SSIM "
+            f"{s['ssim']:.3f}, {rec.iterations} it in {rec.seconds:.1f} s (attack), "
+            f"fit {fit}", flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100 iterations per attack")
@@ -173,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"), help="grid PNG folder")
     ap.add_argument("--settings", nargs="*", help=f"subset of {[s.name for s in SETTINGS]}")
     ap.add_argument("--attacks", nargs="*", help="only these attack names")
+    ap.add_argument(
+        "--shuffled", type=int, default=300, help="iterations of the shuffled-client row (0: skip)"
+    )
     args = ap.parse_args(argv)
     iterations = args.iterations or (100 if args.quick else 1000)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         ignore.write_text("# benchmark outputs: never committed\n*\n")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {iterations} iterations")
 
+    if args.shuffled and (not args.settings or "fedavg-shuffled-e2" in args.settings):
+        shuffled_rows(args.shuffled)
     table: list[tuple[str, str, dict[str, Any] | None, float | None, str]] = []
     for st in SETTINGS:
         if args.settings and st.name not in args.settings:

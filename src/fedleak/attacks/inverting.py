@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from fedleak.attacks.arrangements import restart_labels
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
 from fedleak.attacks.optimize import OptimizationResult, init_images, optimize, total_variation
 from fedleak.attacks.simulate import (
@@ -210,6 +211,10 @@ def start_matching(
     setup = matching_setup(
         inputs, fedavg=attack.fedavg, layers=attack.layers, scheme=attack.layer_weights
     )
+    # which labels shared a batch is unknown: restarts spread them (not under group
+    # consistency, which averages the restarts pixel by pixel and needs one label per slot)
+    if setup.fedavg_mode == "replay" and not getattr(attack, "group_consistency", 0):
+        y = restart_labels(inputs, attack.restarts)
     return x0, y, setup
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import fedleak
+from fedleak.attacks.fedavg_epochs import route_attack
 from fedleak.audit.config import AuditConfig, ClientSpec
 from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset, load_dataset, partition, resize, to_channels
@@ -247,8 +248,9 @@ def audit_update(
         labels=labels if aud.grant_labels else None,
         prior=prior if aud.attacker_prior else None,
     )
+    name = route_attack(aud.attack, update, attack_options)  # shuffled epochs: fedavg-epochs
     rec = fedleak.attack(
-        aud.attack,
+        name,
         global_model,
         update,
         threat=threat,
@@ -273,7 +275,7 @@ def audit_update(
         "num_images": len(images),
         "batch_size": tr.batch_size if tr else None,
         "local_steps": tr.local_steps if tr else None,
-        "attack": aud.attack,
+        "attack": name,
         "threat": aud.threat,
         "psnr": s["psnr"],
         "ssim": s["ssim"],
@@ -422,12 +424,13 @@ def _run_audit(
         data = clients[c]
         counter["n"] += 1
         label = f"attack {counter['n']}/{n_attacks}: round {r}, client {c}"
+        routed = route_attack(aud.attack, update, attack_options)  # shuffled: fedavg-epochs
         engine.submit(
             (r, c),
             audit_update,
             (cfg, r, c, global_model, update, data.images, data.labels),
             {"attack_options": attack_options, "prior": prior, "true_t": truth.get((r, str(c)))},
-            progress=(label, planned_iterations(aud.attack, attack_options)),
+            progress=(label, planned_iterations(routed, attack_options)),
         )
         collect(block=False)
 

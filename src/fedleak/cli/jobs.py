@@ -16,6 +16,7 @@ import torch
 
 import fedleak
 from fedleak.attacks import Checkpoint, Reconstruction
+from fedleak.attacks.fedavg_epochs import route_attack
 from fedleak.audit.config import DIFFUSION_ATTACKS
 from fedleak.data import ImageDataset, load_dataset
 from fedleak.errors import ConfigError
@@ -146,8 +147,11 @@ def run_attack_job(
     )
     ckpt = out / "checkpoints.jsonl"
     ckpt.unlink(missing_ok=True)
+    name = route_attack(job.attack, update, job.attack_options)  # shuffled epochs: fedavg-epochs
+    if name != job.attack:
+        log(f"the client reshuffled over several epochs: {job.attack} -> {name}")
     rec = fedleak.attack(
-        job.attack,
+        name,
         model,
         update,
         threat=threat,
@@ -157,7 +161,7 @@ def run_attack_job(
         callback=truth_logger(ckpt, images),
         **job.attack_options,
     )
-    return finish_run(out, rec, images, labels, prior=prior, title=f"{job.attack} on {job.data}")
+    return finish_run(out, rec, images, labels, prior=prior, title=f"{name} on {job.data}")
 
 
 def run_diffusion_attack_job(
@@ -222,8 +226,11 @@ def run_diffusion_attack_job(
         )
     ckpt = out / "checkpoints.jsonl"
     ckpt.unlink(missing_ok=True)
+    name = route_attack(job.attack, update, job.attack_options)  # shuffled epochs: fedavg-epochs
+    if name != job.attack:
+        log(f"the client reshuffled over several epochs: {job.attack} -> {name}")
     rec = fedleak.attack(
-        job.attack,
+        name,
         model,
         update,
         threat=ThreatModel(level=job.threat),

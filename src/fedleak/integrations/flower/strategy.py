@@ -44,6 +44,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from torch import nn
 
 import fedleak
+from fedleak.attacks.fedavg_epochs import route_attack
 from fedleak.audit.config import AuditSchedule
 from fedleak.audit.runner import LEAKAGE_FIELDS
 from fedleak.errors import ConfigError
@@ -435,9 +436,10 @@ class AuditStrategy(Strategy):
         label = f"attack: round {r}, client {c}"
         ctx = self.progress_factory(label, iters) if self.progress_factory else None
         prog = ctx.__enter__() if ctx else None
+        name = route_attack(s.attack, update, s.options)  # shuffled epochs: fedavg-epochs
         try:
             rec = fedleak.attack(
-                s.attack,
+                name,
                 model,
                 update,
                 threat=threat,
@@ -457,7 +459,7 @@ class AuditStrategy(Strategy):
             "num_images": n,
             "batch_size": tr.batch_size if tr else None,
             "local_steps": tr.local_steps if tr else None,
-            "attack": s.attack,
+            "attack": name,
             "threat": s.threat,
             **dict.fromkeys(("psnr", "ssim", "mse", "flat_psnr", "rdlv", "label_accuracy")),
             "attack_loss": rec.restart_losses[rec.best_restart],

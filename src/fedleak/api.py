@@ -91,7 +91,7 @@ def attack(
     num_classes = last_linear(model)[1].out_features if cls.uses_labels else 0
     labels, method = None, "none"
     if threat.labels is not None:
-        labels, method = threat.labels.reshape(-1).long(), "granted"
+        labels, method = threat.granted_labels(), "granted"  # a multiset unless ordered
         if labels.numel() != n:
             raise ConfigError(
                 f"`labels` of ThreatModel must hold {n} labels; got {labels.numel()}."

@@ -26,6 +26,7 @@ from fedleak.errors import ConfigError, DataError
 from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate, local_update
 from fedleak.models import build_model
 from fedleak.report import append_jsonl, read_jsonl, save_grid, write_config, write_json
+from fedleak.report.run import fit_fields
 
 LEAKAGE_FIELDS = [
     "round",
@@ -43,6 +44,11 @@ LEAKAGE_FIELDS = [
     "label_accuracy",
     "t_accuracy",
     "attack_loss",
+    "fit",
+    "fit_attack_objective",
+    "fit_truth_objective",
+    "fit_attack_residual",
+    "fit_truth_residual",
     "iterations",
     "seconds",
     "filters",
@@ -299,6 +305,7 @@ def run_audit(
                 threat=threat,
                 progress=prog,
                 seed=cfg.seed * 1_000_003 + r * 7_919 + c,
+                truth=(data.images, None if diffusion else data.labels),  # fit check only
                 **attack_options,
             )
         finally:
@@ -333,6 +340,7 @@ def run_audit(
             "rdlv": s.get("rdlv"),
             "label_accuracy": s.get("label_accuracy"),
             "attack_loss": rec.restart_losses[rec.best_restart],
+            **fit_fields(rec.fit),
             "iterations": rec.iterations,
             "seconds": round(rec.seconds, 2),
             "filters": filter_desc,
@@ -357,6 +365,7 @@ def run_audit(
             f"(flat {s['flat_psnr']:.2f}), SSIM {s['ssim']:.3f}"
             + (f", RDLV {s['rdlv']:.3f}" if s.get("rdlv") is not None else "")
             + (f", t accuracy {record['t_accuracy']:.0%}" if "t_accuracy" in record else "")
+            + f", fit: {record['fit']}"
         )
 
     check = None

@@ -86,6 +86,7 @@ def test_audit_records_and_html_report_show_the_verdict(tmp_path: Path, underfit
     assert '<td class="fit fit-bad" title="the truth scores' in page
     assert ">attack-underfit</td>" in page
     assert "<b>fit</b>: whether the attack fitted the update" in page
+    assert "fit: attack-underfit" in page  # the grid's caption
 
 
 def test_html_sweep_rows_show_each_attacks_verdict(tmp_path: Path) -> None:

@@ -433,6 +433,7 @@ def _grids_section(run_dir: Path, leakage: list[dict[str, Any]]) -> str:
             continue
         caption = (
             f"{where}: PSNR {_fmt('psnr', r.get('psnr'))} dB, SSIM {_fmt('ssim', r.get('ssim'))}"
+            + (f", fit: {r['fit']}" if r.get("fit") else "")
         )
         alt = f"originals (top) and best-matching reconstructions (bottom), {where}"
         figs.append(_figure(png, caption, alt))

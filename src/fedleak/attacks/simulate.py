@@ -171,11 +171,14 @@ class UpdateSimulator:
         if self.stochastic == "none":
             return self._batched(images, labels)
         self._draws += 1
+        seed = _MASK_SEED + (self._draws if self.stochastic == "sampled" else 0)
         dev = images.device
         forked = [] if dev.type != "cuda" else [dev.index or torch.cuda.current_device()]
         # the caller's random state is left as it was; the masks follow from the call count
         with torch.random.fork_rng(devices=forked):
-            torch.manual_seed(_MASK_SEED + (self._draws if self.stochastic == "sampled" else 0))
+            torch.default_generator.manual_seed(seed)
+            for i in forked:
+                torch.cuda.default_generators[i].manual_seed(seed)
             return self._batched(images, labels)
 
 

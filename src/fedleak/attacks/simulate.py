@@ -12,11 +12,12 @@ default (``masks="sampled"``: the attack fits the update over the mask distribut
 set per restart kept through the run (``"per-restart"``: restarts become mask hypotheses,
 chosen by attack loss). A replay with them off computes a forward the client never ran. No
 choice reproduces the client's own masks: at the true images the residual is 0 only for draws
-that equal them, so expect the fit check to say ``approximate-replay``. Measured (IG, 200
-iterations, batch 1, 16x16 faces, 3 residual blocks with drop-path 0.3, 3 client seeds; flat
-16.3 dB): 1 restart: off 30.9/20.0/8.1 dB, sampled 22.4/25.1/7.4, per-restart 15.4/37.9/6.0;
-4 restarts (2 seeds): off 31.1/20.0, sampled 27.3/32.3, per-restart 38.9/37.7. Dropout 0.2 on
-the 2,048 features before the head defeats all three (13.7-14.6 dB).
+that equal them, so expect the fit check to say ``approximate-replay``. Measured with
+``benchmarks/dropout_replay.py`` (IG, 200 iterations, batch 1, 16x16 faces, 3 residual blocks
+with drop-path 0.3, client seeds 1-3; flat 16.3 dB): 1 restart: off 30.9/20.0/8.1 dB, sampled
+22.4/25.1/7.4, per-restart 15.4/37.9/6.0; 4 restarts: off 31.1/20.0/8.1, sampled
+27.3/32.3/8.6, per-restart 38.9/37.7/7.7. Dropout 0.2 on the 2,048 features before the head
+defeated all three (13.7-14.6 dB, seed 1, 4 restarts).
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def run_one(
 
     rec = fedleak.attack(
         name, model, update, iterations=iterations, callback=callback, checkpoint_every=EVERY,
-        **options,
+        truth=(truth, labels), **options,  # the truth: the fit check's verdict only
     )
     seconds = time.perf_counter() - start - spent[0]
     s = fedleak.score(rec, truth, labels=labels)
@@ -163,6 +163,7 @@ def run_one(
         "images": rec.images[order],
         "psnr_per_image": [s["psnr_per_image"][i] for i in range(len(order))],
         "extras": rec.extras,
+        "fit": rec.fit.verdict if rec.fit else "-",
     }
 
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(
                 f"  {tag}: PSNR {r['psnr']:.2f} dB (flat {r['flat']:.2f}), SSIM {r['ssim']:.3f}, "
-                f"{r['iterations']} it in {r['seconds']:.1f} s, 15 dB at {reach}"
+                f"{r['iterations']} it in {r['seconds']:.1f} s, 15 dB at {reach}, fit {r['fit']}"
                 + (f", target {target} dB {verdict}" if target else ""),
                 flush=True,
             )

@@ -136,7 +136,7 @@ def attack(
     num_classes = _num_classes(model, granted=threat.labels is not None) if cls.uses_labels else 0
     labels, method = None, "none"
     if threat.labels is not None:
-        labels, method = threat.labels.reshape(-1).long(), "granted"
+        labels, method = threat.granted_labels(), "granted"  # a multiset unless ordered
         if labels.numel() != n:
             raise ConfigError(
                 f"`labels` of ThreatModel must hold {n} labels; got {labels.numel()}."

@@ -64,6 +64,7 @@ from fedleak.attacks.simulate import (
     UpdateSimulator,
     _batch_bounds,
     _default_sizes,
+    replay_masks,
     replay_steps,
     soft_cross_entropy,
 )
@@ -352,5 +353,6 @@ class BNFedAvg(Attack):
             iterations=res.iterations,
             seconds=time.perf_counter() - start,
             label_method=inputs.label_method,
-            extras={f"final_{k}": v for k, v in final_terms.items()} | {"init": kind},
+            extras={f"final_{k}": v for k, v in final_terms.items()}
+            | {"init": kind, "stochastic_layers": replay_masks(inputs.model)},
         )

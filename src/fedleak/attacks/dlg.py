@@ -67,7 +67,8 @@ class DLG(Attack):
         mode = "replay" if (self.replay and update.kind == "delta") else "gradient"
         training = update.training
         bn_mode = training.bn_mode if training else "eval"
-        sim = UpdateSimulator(inputs.model, update, mode=mode, bn_mode=bn_mode)
+        # L-BFGS needs one objective: dropout masks stay fixed through the run
+        sim = UpdateSimulator(inputs.model, update, mode=mode, bn_mode=bn_mode, masks="per-restart")
         target = dict(update.tensors) if mode == "replay" else pseudo_gradient(update)
         gen = inputs.generator()
         n, shape, k = inputs.num_images, inputs.image_shape, inputs.num_classes

@@ -7,10 +7,13 @@ what the attacker knows about natural images and about the model. The loss per r
     + tv * TV(x) + l2 * ||x - 0.5||^2 + group_consistency * ||x - mean_restarts(x)||
 
 ``mu_l, var_l`` are the running statistics of BatchNorm layer l of the GLOBAL model the attacker
-holds; ``mu_l(x), var_l(x)`` the batch statistics of the candidates' inputs to that layer,
-measured by forward hooks on one extra forward of all R x N candidates at once (eval mode, so
-the hooks see what DeepInversion-style matching needs and no buffer is written). That extra
-forward and its backward cost about half an iteration more than inverting-gradients. On an
+holds; ``mu_l(x), var_l(x)`` the batch statistics of the candidates' inputs to that layer.
+When the client trained BN in train mode (the usual case), they are read by forward hooks off
+the SAME train-mode forward that produces the matched gradient, as in Yin et al.: the features
+the gradient came from, normalized by their own batch statistics (FedAvg replay: every local
+step's batch, the distances averaged over the steps). A client with BN in eval mode normalized
+with the running statistics; there one extra eval-mode forward of all R x N candidates gives
+them (about half an iteration more than inverting-gradients). On an
 untrained global model those statistics are the init values (0, 1), which describe no data: the
 true image scores no better than noise, so the term must stay small next to the gradient term
 (published weights 1e-4 : 0.1 inverted the ratio for our scale; see ``grad_weight``).
@@ -36,8 +39,10 @@ import torch
 from torch import nn
 
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
+from fedleak.attacks.bn_fedavg import StatsReplay, StepStats
 from fedleak.attacks.inverting import (
     LayerSpec,
+    MatchingSetup,
     check_matching,
     clamp_images,
     finish,
@@ -73,6 +78,11 @@ class BNStatistics:
             for _, m in self.layers
             if m.running_mean is not None and m.running_var is not None
         ]
+        self.names = [
+            name
+            for name, m in self.layers
+            if m.running_mean is not None and m.running_var is not None
+        ]
         self._seen: list[torch.Tensor] = []
         for _, m in self.layers:
             if m.running_mean is not None:
@@ -97,6 +107,35 @@ class BNStatistics:
             total = total + _norm(mean - rm) + _norm(var - rv)
         self._seen.clear()
         return total
+
+    def of_steps(self, steps: list[StepStats], layers: list[str]) -> torch.Tensor:
+        """(R,) the same distance from batch statistics measured in the client's own forwards.
+
+        ``steps`` holds, per local step, each BN layer's (mean, biased var) of shape
+        (R, channels), for the layers named ``layers`` (see :class:`StatsReplay`); the
+        distances are averaged over the steps (one step for FedSGD: Yin et al.'s term).
+        """
+        targets = dict(zip(self.names, self.targets, strict=True))
+        total = 0.0
+        for stats in steps:
+            for name, (mean, var) in zip(layers, stats, strict=True):
+                if name in targets:
+                    rm, rv = targets[name]
+                    total = total + _norm(mean - rm) + _norm(var - rv)
+        return total / len(steps)  # type: ignore[return-value]
+
+
+def train_mode_stats(inputs: AttackInputs, setup: MatchingSetup) -> StatsReplay:
+    """The setup's simulator, recording BN batch statistics of the forwards it differentiates.
+
+    Matches what ``setup.simulator`` computes: the client's replay for ``"replay"``, one
+    gradient over the selected tensors for FedSGD and the pseudo-gradient.
+    """
+    update = inputs.update
+    if setup.fedavg_mode != "replay":  # one gradient on all candidates
+        sub = {k: update.tensors[k] for k in setup.target}
+        update = update.replace(kind="gradient", tensors=sub)
+    return StatsReplay(inputs.model, update)
 
 
 @register_attack("gradinversion")
@@ -164,6 +203,8 @@ class GradInversion(Attack):
         bn = BNStatistics(inputs.model) if self.bn_weight > 0 else None
         if bn is not None and len(bn) == 0:
             bn = None  # no BatchNorm layer: nothing to match
+        # train-mode BN: statistics from the forward that makes the matched gradient (Yin et al.)
+        stats_sim = train_mode_stats(inputs, setup) if bn and setup.bn_mode == "train" else None
         gw, bw, tv, l2 = self.grad_weight, self.bn_weight, self.tv, self.l2
         gc = self.group_consistency if self.restarts > 1 else 0.0
         warm = int(self.group_start * self.iterations)
@@ -174,12 +215,16 @@ class GradInversion(Attack):
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
             x = v["images"]
-            sim_out = sim(x, y)
+            steps: list[StepStats] = []
+            if stats_sim is not None:
+                sim_out, steps = stats_sim(x, y)
+            else:
+                sim_out = sim(x, y)
             if scale != 1.0:
                 sim_out = {k: t * scale for k, t in sim_out.items()}
             loss = gw * gradient_distance(sim_out, target, metric="l2", weights=weights)
             if bn is not None:
-                bn_loss = bn(x)
+                bn_loss = bn.of_steps(steps, stats_sim.layers) if stats_sim else bn(x)
                 loss = loss + bw * bn_loss
                 last["bn"] = bn_loss.detach()
                 if "bn" not in first:
@@ -214,6 +259,7 @@ class GradInversion(Attack):
             "restarts": self.restarts,
             "init": self.init,
             "bn_layers_matched": 0 if bn is None else len(bn),
+            "bn_statistics": "none" if bn is None else ("train-forward" if stats_sim else "eval"),
             "group_consistency": gc,
         }
         if bn is not None and first:

@@ -174,7 +174,10 @@ def matching_setup(
         weights=layer_weights(names, scheme),
         fedavg_mode=mode,
         bn_mode=bn_mode,
-        extras={"fedavg_mode": mode, "bn_mode": bn_mode, "matched_tensors": len(names)},
+        extras={
+            "fedavg_mode": mode, "bn_mode": bn_mode, "matched_tensors": len(names),
+            "stochastic_layers": sim.stochastic,
+        },
     )
 
 

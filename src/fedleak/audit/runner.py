@@ -29,7 +29,7 @@ from fedleak.errors import ConfigError, DataError
 from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate, local_update
 from fedleak.models import build_model
 from fedleak.report import append_jsonl, read_jsonl, save_grid, write_config, write_json
-from fedleak.report.run import RunLock
+from fedleak.report.run import RunLock, fit_fields
 
 LEAKAGE_FIELDS = [
     "round",
@@ -47,6 +47,11 @@ LEAKAGE_FIELDS = [
     "label_accuracy",
     "t_accuracy",
     "attack_loss",
+    "fit",
+    "fit_attack_objective",
+    "fit_truth_objective",
+    "fit_attack_residual",
+    "fit_truth_residual",
     "iterations",
     "seconds",
     "filters",
@@ -256,6 +261,7 @@ def audit_update(
         threat=threat,
         progress=progress,
         seed=cfg.seed * 1_000_003 + r * 7_919 + c,
+        truth=(images, None if diffusion else labels),  # for the fit check only
         **attack_options,
     )
     s = fedleak.score(rec, images, labels=None if diffusion else labels, prior=prior)
@@ -284,6 +290,7 @@ def audit_update(
         "rdlv": s.get("rdlv"),
         "label_accuracy": s.get("label_accuracy"),
         "attack_loss": rec.restart_losses[rec.best_restart],
+        **fit_fields(rec.fit),
         "iterations": rec.iterations,
         "seconds": round(rec.seconds, 2),
         "filters": ", ".join(f.name for f in cfg.filters) or "none",
@@ -410,6 +417,7 @@ def _run_audit(
             f"SSIM {record['ssim']:.3f}"
             + (f", RDLV {record['rdlv']:.3f}" if record.get("rdlv") is not None else "")
             + (f", t accuracy {record['t_accuracy']:.0%}" if "t_accuracy" in record else "")
+            + f", fit: {record['fit']}"
         )
 
     def collect(block: bool) -> None:

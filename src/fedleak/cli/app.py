@@ -137,23 +137,43 @@ def parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+_FIT_STYLE = {"fits": "green", "attack-underfit": "red", "approximate-replay": "yellow"}
+
+
+def _objective(v: Any) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
 def print_scores(rows: list[dict[str, Any]], title: str) -> None:
+    """One row per attacked update: scores, and the fit check's verdict and both objectives."""
     table = Table(title=title)
-    for col in ("client", "images", "attack", "PSNR (dB)", "flat PSNR", "SSIM", "label acc."):
-        table.add_column(col, justify="right")
+    clients = any("client" in r for r in rows)
+    cols = ("client",) * clients + ("images", "attack", "PSNR (dB)", "flat PSNR", "SSIM",
+                                    "label acc.", "fit", "attack obj.", "truth obj.")
+    for col in cols:
+        table.add_column(col, justify="right", no_wrap=col == "fit")
     for r in rows:
         s = r["scores"]
         la = s.get("label_accuracy")
+        fit = r.get("fit") or {}
+        verdict = fit.get("verdict", "-")
+        style = _FIT_STYLE.get(verdict, "dim")
         table.add_row(
-            str(r.get("client", "-")),
+            *([str(r.get("client", "-"))] if clients else []),
             str(len(s["psnr_per_image"])),
             r["attack"],
             f"{s['psnr']:.2f}",
             f"{s['flat_psnr']:.2f}",
             f"{s['ssim']:.3f}",
             "-" if la is None else f"{la:.0%}",
+            f"[{style}]{verdict}[/{style}]",
+            _objective(fit.get("attack_objective")),
+            _objective(fit.get("truth_objective")),
         )
     out_console.print(table)
+    notes = {(r.get("fit") or {}).get("note") for r in rows} - {None, ""}
+    for note in sorted(notes):
+        out_console.print(f"fit check: {note}", style="dim")
 
 
 @app.callback()
@@ -174,7 +194,7 @@ def demo(
 
     result = run_demo(out, seed=seed, progress_factory=progress_bar, log=log)
     print_scores(
-        [{"client": 0, "attack": "dlg", "scores": result["scores"]}],
+        [{"client": 0, "attack": "dlg", "scores": result["scores"], "fit": result.get("fit")}],
         "What the server rebuilt from client 0's update",
     )
     out_console.print(
@@ -324,7 +344,10 @@ def attack(
     total = planned_iterations(attack_name, attack_options)
     with progress_bar(f"{attack_name}", total) as prog:
         result = run_attack_job(job, out, progress=prog, log=log)
-    print_scores([{"attack": attack_name, "scores": result["scores"]}], f"{attack_name} on {data}")
+    print_scores(
+        [{"attack": attack_name, "scores": result["scores"], "fit": result.get("fit")}],
+        f"{attack_name} on {data}",
+    )
     if "t_accuracy" in result:
         out_console.print(
             f"timesteps recovered: {result['t_accuracy']:.0%} (true t {result['true_t']})"

@@ -159,6 +159,7 @@ def run_attack_job(
         checkpoint_every=job.checkpoint_every,
         progress=progress,
         callback=truth_logger(ckpt, images),
+        truth=(images, labels),  # for the fit check only
         **job.attack_options,
     )
     return finish_run(out, rec, images, labels, prior=prior, title=f"{name} on {job.data}")
@@ -238,6 +239,7 @@ def run_diffusion_attack_job(
         checkpoint_every=job.checkpoint_every,
         progress=progress,
         callback=truth_logger(ckpt, images),
+        truth=(images, None),  # for the fit check only
         **options,
     )
     phase1 = rec.extras.get("phase1_images")
@@ -282,7 +284,12 @@ def finish_run(
         title=title,
     )
     torch.save({"images": rec.images, "labels": rec.labels}, out / f"{name}.pt")
-    result = {"scores": scores, "reconstruction": rec.summary(), "loss_history": rec.loss_history}
+    result = {
+        "scores": scores,
+        "fit": None if rec.fit is None else rec.fit.to_dict(),
+        "reconstruction": rec.summary(),
+        "loss_history": rec.loss_history,
+    }
     write_json(out / f"{name}.json" if name != "reconstruction" else out / "metrics.json", result)
     return result
 
@@ -354,6 +361,7 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
             seed=seed,
             progress=prog,
             callback=truth_logger(ckpt, victim.images),
+            truth=(victim.images, victim.labels),  # for the fit check only
             **config["attack_options"],
         )
     result = finish_run(

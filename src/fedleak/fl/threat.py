@@ -3,7 +3,8 @@
 A eavesdropper (the update only) · B + architecture · C + training details (lr, steps, batch
 size, number of samples) · D + surrogate (public) data, e.g. a prior image made from it · E +
 statistics of the client's own data. Labels are a separate grant (``labels=``): an oracle
-many papers assume.
+many papers assume. Granted labels are a multiset (which classes, how often): their order would
+tell which images shared a local batch, so it is granted only with ``label_order=True``.
 The active classes F-H (a server that manipulates the model) are not simulated.
 """
 
@@ -45,13 +46,17 @@ class ThreatModel:
         level: "A".."E"; the default "C" is an honest-but-curious server that configured the
             clients' training (the most common and realistic case).
         labels: the client's true labels, if the attacker is granted them; otherwise attacks
-            recover labels from the update.
+            recover labels from the update. The attack sees them sorted (a multiset) unless
+            ``label_order`` grants their order too.
+        label_order: grant the order of ``labels`` (the client's data order, hence which
+            images shared a batch); off by default, since no realistic server learns it.
         prior: a prior image (C, H, W) in [0, 1], e.g. the mean of public data (level D+).
         public_data: public images (N, C, H, W) from the clients' domain (level D+).
     """
 
     level: str = "C"
     labels: torch.Tensor | None = None
+    label_order: bool = False
     prior: torch.Tensor | None = None
     public_data: torch.Tensor | None = None
 
@@ -60,6 +65,10 @@ class ThreatModel:
             raise ConfigError(
                 f"`level` of ThreatModel must be one of {', '.join(LEVELS)}; got {self.level!r}. "
                 "(F-H, active servers, are not simulated.)"
+            )
+        if self.label_order and self.labels is None:
+            raise ConfigError(
+                "`label_order` of ThreatModel grants the order of the labels: pass labels=... too."
             )
         for name in ("prior", "public_data"):
             if getattr(self, name) is not None and self.level < "D":
@@ -74,6 +83,17 @@ class ThreatModel:
         if self.labels is not None:
             items.add("labels")
         return frozenset(items)
+
+    def granted_labels(self) -> torch.Tensor | None:
+        """The labels as the attack may see them: (N,) long, sorted unless the order is granted.
+
+        Sorting makes the input depend on the multiset only: any permutation of the client's
+        labels gives the attacker the same input, so it cannot tell which images shared a batch.
+        """
+        if self.labels is None:
+            return None
+        labels = self.labels.reshape(-1).long()
+        return labels if self.label_order else labels.sort().values
 
     def knows(self, item: str) -> bool:
         return item in self.knowledge

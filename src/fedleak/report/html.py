@@ -36,6 +36,19 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DASH = "\u2014"
 
 # Leakage table: (key, header, tooltip). A column is shown when any record has the key.
+_FIT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("fit", "fit",
+     "Fit check: the attack's objective evaluated at its reconstruction and at the true "
+     "images. fits = the truth reproduces the update and the attack reached its objective; "
+     "attack-underfit = the truth scores far lower: the attack failed to optimize, the update "
+     "may still leak; approximate-replay = even the truth does not reproduce the update: the "
+     "attack's model of the client is inexact; unchecked = no objective or no truth. Hover a "
+     "verdict for its numbers."),
+    ("fit_attack_objective", "attack obj.", "The attack's objective at its reconstruction."),
+    ("fit_truth_objective", "truth obj.", "The same objective at the true images and labels."),
+    ("fit_truth_residual", "truth residual",
+     "Update-matching residual of the true images (0 = they reproduce the update exactly)."),
+)
 _LEAKAGE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("round", "round", "Federated round whose update was audited."),
     ("client", "client", "Client id."),
@@ -67,6 +80,7 @@ _LEAKAGE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("t_accuracy", "t acc.", "Share of a diffusion client's private timesteps recovered."),
     ("attack_loss", "attack loss",
      "Final attack objective (update-matching loss); a good fit is not always a good image."),
+    *_FIT_COLUMNS,
     ("iterations", "iterations", "Attack iterations run."),
     ("seconds", "seconds", "Wall time of the attack."),
 )
@@ -94,13 +108,26 @@ _SWEEP_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("semantic_accuracy", "semantic acc.",
      "Accuracy of a classifier (trained without defense) on the reconstructions; higher = "
      "more leakage."),
+    *_FIT_COLUMNS,
 )
 _DIGITS = {
     "psnr": ".2f", "flat_psnr": ".2f", "ssim": ".3f", "rdlv": ".3f", "label_accuracy": ".3f",
     "t_accuracy": ".3f",
     "accuracy": ".3f", "f1": ".3f", "semantic_accuracy": ".3f", "threshold_rdlv": ".3f",
     "threshold_ssim": ".3f", "mse": ".3g", "attack_loss": ".3g", "seconds": ".1f",
+    "fit_attack_objective": ".3g", "fit_truth_objective": ".3g", "fit_truth_residual": ".3g",
 }
+#: the fit verdict's cell colour
+_FIT_CLASS = {"fits": "fit-ok", "attack-underfit": "fit-bad", "approximate-replay": "fit-warn"}
+#: one sentence on how to read the fit column, under every table that has it
+FIT_NOTE = (
+    "<b>fit</b>: whether the attack fitted the update, judged by its own objective at the "
+    "reconstruction and at the true images: <i>fits</i> (green) = the picture is what this "
+    "update reveals to this attack; <i>attack-underfit</i> (red) = the optimizer stopped short, "
+    "so a low PSNR does not mean the update is safe; <i>approximate-replay</i> (amber) = even "
+    "the true images do not reproduce the update, the attack's model of the client is inexact; "
+    "hover a verdict for its numbers."
+)
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _CSS = """
@@ -129,6 +156,8 @@ figcaption { font-size: 0.85em; color: #444; margin-top: 0.2em; }
 .note { color: #57606a; font-size: 0.9em; }
 .grids figure { margin-bottom: 1em; flex: 0 1 auto; }
 footer { margin-top: 3em; font-size: 0.8em; color: #57606a; }
+td.fit-ok { background: #dafbe1; } td.fit-bad { background: #ffd8d3; }
+td.fit-warn { background: #fff1c2; } td.fit { cursor: help; }
 """
 
 
@@ -161,6 +190,19 @@ def _fmt(key: str, v: object) -> str:
     return str(v)
 
 
+def _fit_cell(r: Mapping[str, Any], prefix: str = "") -> str:
+    """The fit verdict, coloured, with its note and objectives as the tooltip."""
+    verdict = str(r.get(f"{prefix}fit"))
+    tip = [str(r.get(f"{prefix}fit_note") or "")]
+    for key, name in (("fit_attack_objective", "attack"), ("fit_truth_objective", "truth")):
+        v = _finite(r.get(f"{prefix}{key}"))
+        if v is not None:
+            tip.append(f"{name} objective {v:.3g}")
+    cls = " ".join(["fit", _FIT_CLASS.get(verdict, "")]).strip()
+    title = "; ".join(t for t in tip if t)
+    return f'<td class="{cls}" title="{_esc(title)}">{_esc(verdict)}</td>'
+
+
 def _table(
     records: Sequence[Mapping[str, Any]],
     columns: Sequence[tuple[str, str, str]],
@@ -174,7 +216,9 @@ def _table(
     for r in records:
         cls = row_class(r) if row_class else ""
         cells = "".join(
-            f'<td class="num">{_esc(_fmt(k, r.get(k)))}</td>'
+            _fit_cell(r, prefix=k[: -len("fit")])
+            if (k == "fit" or k.endswith("_fit")) and isinstance(r.get(k), str)
+            else f'<td class="num">{_esc(_fmt(k, r.get(k)))}</td>'
             if _finite(r.get(k)) is not None or r.get(k) is None
             else f"<td>{_esc(_fmt(k, r.get(k)))}</td>"
             for k, _, _ in cols
@@ -320,7 +364,8 @@ def _leakage_section(
         "<b>RDLV</b>: (SSIM(reconstruction, x) - SSIM(prior, x)) / SSIM(prior, x); 0 = no "
         "better than the attacker's prior, &gt; 0 = leakage beyond it. <b>flat PSNR</b>: the "
         "PSNR a featureless flat image scores; a PSNR that does not beat it recovered no "
-        "structure."
+        "structure. "
+        + FIT_NOTE
         + (" Highlighted rows: the client withheld the update." if withheld else "")
         + "</p>",
         _table(leakage, _LEAKAGE_COLUMNS, table_id="leakage-table",
@@ -355,7 +400,7 @@ def _leakage_section(
 
 
 def _sweep_section(sweep: list[dict[str, Any]], plot: _Plotter) -> str:
-    known = {c[0] for c in _SWEEP_COLUMNS}
+    known = {c[0] for c in _SWEEP_COLUMNS} | {"fit_note", "fit_attack_residual"}
     extra = sorted({
         k for c in sweep for k, v in c.items()
         if k not in known and (v is None or isinstance(v, int | float | str | bool))
@@ -364,6 +409,7 @@ def _sweep_section(sweep: list[dict[str, Any]], plot: _Plotter) -> str:
     utility = "accuracy" if _distinct(sweep, "accuracy") else "f1"
     parts = [
         '<section id="sweep"><h2>Sweep: privacy vs utility</h2>',
+        *([f'<p class="note">{FIT_NOTE}</p>'] if any("fit" in c for c in sweep) else []),
         _table(sweep, columns, table_id="sweep-table"),
         '<div class="plots">',
     ]
@@ -387,6 +433,7 @@ def _grids_section(run_dir: Path, leakage: list[dict[str, Any]]) -> str:
             continue
         caption = (
             f"{where}: PSNR {_fmt('psnr', r.get('psnr'))} dB, SSIM {_fmt('ssim', r.get('ssim'))}"
+            + (f", fit: {r['fit']}" if r.get("fit") else "")
         )
         alt = f"originals (top) and best-matching reconstructions (bottom), {where}"
         figs.append(_figure(png, caption, alt))

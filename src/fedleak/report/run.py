@@ -26,6 +26,22 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def fit_fields(fit: Any) -> dict[str, Any]:
+    """A reconstruction's fit check (:class:`fedleak.attacks.fit.FitCheck`) as flat record
+    fields: ``fit`` (the verdict), both objectives and residuals, and the note."""
+    if fit is None:
+        return {"fit": None}
+    d = fit.to_dict()
+    return {
+        "fit": d["verdict"],
+        "fit_attack_objective": d["attack_objective"],
+        "fit_truth_objective": d["truth_objective"],
+        "fit_attack_residual": d["attack_residual"],
+        "fit_truth_residual": d["truth_residual"],
+        "fit_note": d["note"],
+    }
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)

@@ -30,6 +30,7 @@ from fedleak.fl import ClientData, ThreatModel, federate
 from fedleak.fl.update import ClientUpdate
 from fedleak.models import build_model
 from fedleak.report import save_grid
+from fedleak.report.run import fit_fields
 from fedleak.sweep.config import Cell, SweepConfig, build_defense, slug
 
 __all__ = ["classifier_path", "load_data", "run_cell", "train_classifier"]
@@ -311,7 +312,7 @@ def _attack(
     for name, options, prefix in specs:
         rec = fedleak.attack(
             name, probe["model"], probe["update"], threat=threat, num_images=len(labels),
-            seed=c.seed, **options,
+            seed=c.seed, truth=(images, labels), **options,  # truth: the fit check only
         )
         sc = fedleak.score(rec, images, labels=labels)
         part: dict[str, Any] = {
@@ -319,7 +320,7 @@ def _attack(
             "label_accuracy": sc.get("label_accuracy"), "attack_loss": _finite(
                 rec.restart_losses[rec.best_restart] if rec.restart_losses else None
             ),
-            "iterations": rec.iterations,
+            "iterations": rec.iterations, **fit_fields(rec.fit),
         }
         pairs = sc["pairing"]
         order = [r for r, _ in pairs]

@@ -72,6 +72,7 @@ from fedleak.integrations.flower.records import (
     train_options,
 )
 from fedleak.report import append_jsonl, save_grid
+from fedleak.report.run import fit_fields
 
 Truth = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -445,6 +446,7 @@ class AuditStrategy(Strategy):
                 threat=threat,
                 progress=prog,
                 seed=self.seed * 1_000_003 + r * 7_919 + c,
+                truth=None if images is None else (images, labels),  # the fit check only
                 **s.options,
             )
         finally:
@@ -463,6 +465,7 @@ class AuditStrategy(Strategy):
             "threat": s.threat,
             **dict.fromkeys(("psnr", "ssim", "mse", "flat_psnr", "rdlv", "label_accuracy")),
             "attack_loss": rec.restart_losses[rec.best_restart],
+            **fit_fields(rec.fit),
             "iterations": rec.iterations,
             "seconds": round(rec.seconds, 2),
             "filters": self.filters,

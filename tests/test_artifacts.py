@@ -189,6 +189,7 @@ def _cli(tmp_path, *extra):
                                "--global", str(tmp_path / "global.pt"),
                                "--client", str(tmp_path / "client.pt"),
                                "--image-shape", "1,8,8", "--out", str(tmp_path / "run"),
+                               "--overwrite",
                                *extra])
 
 

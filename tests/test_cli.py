@@ -88,7 +88,7 @@ def test_attack_on_a_diffusion_client_recovers_image_and_timestep(tmp_path):
     r = runner.invoke(
         app,
         ["--quiet", "attack", "--task", "diffusion", "--data", "digits", "--size", "8",
-         "--share-noise", "--iterations", "150", "--out", str(out)],
+         "--share-noise", "--iterations", "150", "--out", str(out), "--overwrite"],
     )
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "metrics.json").read_text())

@@ -47,3 +47,23 @@ def test_audit_refuses_a_folder_in_use(tmp_path: Path) -> None:
     with RunLock(out), pytest.raises(ConfigError, match="in use by another fedleak run"):
         run_audit(cfg, out)
     assert not (out / "config.json").exists()  # nothing written by the refused run
+
+
+def test_failed_attack_never_touches_an_existing_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedleak.cli.app import app
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"command": "attack"}\n')
+    (out / "metrics.json").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    runner = CliRunner()
+    for args in (["--num-images", "0"], ["--num-images", "1", "--option", "nope=1"],
+                 ["--num-images", "1", "--overwrite", "--attack", "no-such-attack"]):
+        r = runner.invoke(app, ["--quiet", "attack", *args, "--out", str(out)])
+        assert r.exit_code == 2, r.output
+    r = runner.invoke(app, ["--quiet", "attack", "--num-images", "1", "--out", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".fedleak.lock"} == before

@@ -326,15 +326,15 @@ def run_audit(
     called with the engine's :class:`~fedleak.engines.EngineStatus` as attacks end.
     """
     check_resume(Path(out), cfg, resume)  # before a Ray starts
-    _lock = RunLock(out)  # noqa: F841 - one run per folder, held until this function returns
-    if cfg.engine.name == "flower":
-        from fedleak.integrations.flower import run_flower_audit
+    with RunLock(out):  # one run per folder
+        if cfg.engine.name == "flower":
+            from fedleak.integrations.flower import run_flower_audit
 
-        return run_flower_audit(
-            cfg, out, resume=resume, log=log, progress_factory=progress_factory
-        )
-    with make_engine(cfg.engine, progress_factory=progress_factory) as engine:
-        return _run_audit(cfg, out, engine, resume=resume, log=log, status=status)
+            return run_flower_audit(
+                cfg, out, resume=resume, log=log, progress_factory=progress_factory
+            )
+        with make_engine(cfg.engine, progress_factory=progress_factory) as engine:
+            return _run_audit(cfg, out, engine, resume=resume, log=log, status=status)
 
 
 def _run_audit(

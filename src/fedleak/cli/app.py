@@ -12,7 +12,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from fedleak.errors import ConfigError, FedleakError
@@ -50,29 +57,43 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[[int, float], None]]:
-    """A rich progress bar with the current attack loss; silent with --quiet."""
+    """A rich progress bar with the current attack loss; silent with --quiet.
+
+    The bar appears with the first progress report, so a run refused by a bad input shows
+    none; it ends where the attack ended (an early stop says so, as metrics.json will).
+    """
     if STATE["quiet"]:
         yield lambda done, loss: None
         return
-    with Progress(
+    prog = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=err_console,
         transient=False,
-    ) as prog:
-        task = prog.add_task(description, total=total, loss="-")
-        last = [0]
+    )
+    state: dict[str, Any] = {"task": None, "done": 0}
 
-        def update(done: int, loss: float) -> None:
-            last[0] = done
-            prog.update(task, completed=min(done, total), loss=f"{loss:.3e}")
+    def update(done: int, loss: float) -> None:
+        if state["task"] is None:
+            prog.start()
+            state["task"] = prog.add_task(description, total=total, loss="-")
+        state["done"] = done
+        prog.update(state["task"], completed=min(done, total), loss=f"{loss:.3e}")
 
+    try:
         yield update
-        if 0 < last[0] < total:  # stopped early (converged): say so, as metrics.json will
-            prog.update(task, description=f"{description} (stopped at {last[0]} of {total})")
+    finally:
+        if state["task"] is not None:
+            if 0 < state["done"] < total:
+                prog.update(
+                    state["task"],
+                    description=f"{description} (stopped at {state['done']} of {total})",
+                )
+            prog.stop()
 
 
 @contextmanager
@@ -258,6 +279,9 @@ def attack(
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Log progress every N iterations.")] = 100,
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/attack"),
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the run already in OUT (never another folder).")
+    ] = False,
     ctx: typer.Context = None,  # type: ignore[assignment]
     global_file: Annotated[
         Path | None, typer.Option("--global", help="Real artifacts: the global weights file.")
@@ -343,7 +367,7 @@ def attack(
     )
     total = planned_iterations(attack_name, attack_options)
     with progress_bar(f"{attack_name}", total) as prog:
-        result = run_attack_job(job, out, progress=prog, log=log)
+        result = run_attack_job(job, out, progress=prog, log=log, overwrite=overwrite)
     print_scores(
         [{"attack": attack_name, "scores": result["scores"], "fit": result.get("fit")}],
         f"{attack_name} on {data}",

@@ -89,7 +89,7 @@ def attack_artifacts(ctx: typer.Context | None, a: dict[str, Any]) -> None:
     )
     out: Path = a["out"]
     result = run_artifact_job(job, out, log=log, show_preflight=print_preflight,
-                              progress_factory=progress_bar)
+                              progress_factory=progress_bar, overwrite=a["overwrite"])
     if result["scores"] is not None:
         print_scores([{"attack": attack_name, "scores": result["scores"]}],
                      f"{attack_name} on {Path(job.client_file or job.update_file).name}")

@@ -40,7 +40,7 @@ from fedleak.models.adapter import (
     input_transform,
     load_model_def,
 )
-from fedleak.report import save_grid, write_config, write_json
+from fedleak.report import claim_run_folder, save_grid, write_config, write_json
 
 Progress = Callable[[int, float], None]
 
@@ -232,58 +232,59 @@ def run_artifact_job(
     log: Callable[[str], None] = lambda m: None,
     show_preflight: Callable[[Preflight], None] | None = None,
     progress_factory: Callable[[str, int], Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Preflight, attack, (score) and write the run folder: metrics.json, grid, config.
 
     ``progress_factory(label, total)``: a context manager giving the progress callback,
     opened after the preflight (so a refused run shows no empty progress bar).
     """
-    out.mkdir(parents=True, exist_ok=True)
     model, update, report, notes = prepare(job)
-    write_config(out, asdict(job), "attack (artifacts)")
-    for note in notes:
-        log(f"model adapter: {note}")
-    truth = None
-    if job.truth is not None:
-        truth = load_truth(job.truth, model.input_shape)
-    result: dict[str, Any] = {"preflight": report.to_dict(), "adapter": notes}
-    write_json(out / "metrics.json", result)  # the preflight is on disk before any attack
-    if show_preflight is not None:
-        show_preflight(report)
-    report.raise_errors()
-    labels = None
-    if job.grant_labels:
-        if truth is None or truth[1] is None:
-            raise ConfigError("`--grant-labels` needs --truth with labels.")
-        labels = truth[1]
-    n = update.num_samples if update.num_samples is not None else None
-    if n is None and truth is not None:
-        n = truth[0].shape[0]
-    threat = ThreatModel(level=job.threat, labels=labels)
-    with contextlib.ExitStack() as stack:
-        if progress_factory is not None:
-            from fedleak.audit.runner import planned_iterations
+    with claim_run_folder(out, overwrite=overwrite):  # after validation
+        write_config(out, asdict(job), "attack (artifacts)")
+        for note in notes:
+            log(f"model adapter: {note}")
+        truth = None
+        if job.truth is not None:
+            truth = load_truth(job.truth, model.input_shape)
+        result: dict[str, Any] = {"preflight": report.to_dict(), "adapter": notes}
+        write_json(out / "metrics.json", result)  # the preflight is on disk before any attack
+        if show_preflight is not None:
+            show_preflight(report)
+        report.raise_errors()
+        labels = None
+        if job.grant_labels:
+            if truth is None or truth[1] is None:
+                raise ConfigError("`--grant-labels` needs --truth with labels.")
+            labels = truth[1]
+        n = update.num_samples if update.num_samples is not None else None
+        if n is None and truth is not None:
+            n = truth[0].shape[0]
+        threat = ThreatModel(level=job.threat, labels=labels)
+        with contextlib.ExitStack() as stack:
+            if progress_factory is not None:
+                from fedleak.audit.runner import planned_iterations
 
-            total = planned_iterations(job.attack, job.attack_options)
-            progress = stack.enter_context(progress_factory(job.attack, total))
-        rec = fedleak.attack(
-            job.attack, model, update, threat=threat, seed=job.seed, num_images=n,
-            progress=progress, truth=None if truth is None else (truth[0], labels),
-            **job.attack_options,
-        )
-    result |= {"reconstruction": rec.summary(), "loss_history": rec.loss_history,
-               "scores": None}
-    torch.save({"images": rec.images, "labels": rec.labels}, out / "reconstruction.pt")
-    if truth is None:
-        save_grid(out / "reconstruction.png", [rec.images], row_titles=["reconstruction"],
-                  title=f"{job.attack} on {Path(job.client_file or job.update_file).name}")
-    else:
-        scores = fedleak.score(rec, truth[0], labels=truth[1])
-        order = [r for r, _ in sorted(scores["pairing"], key=lambda p: p[1])]
-        caps = [f"PSNR {p:.1f}" for p in scores["psnr_per_image"]]
-        save_grid(out / "reconstruction.png", [truth[0], rec.images[order]],
-                  row_titles=["original", "reconstruction"], captions=[None, caps],
-                  title=f"{job.attack} on {Path(job.client_file or job.update_file).name}")
-        result["scores"] = scores
-    write_json(out / "metrics.json", result)
-    return result
+                total = planned_iterations(job.attack, job.attack_options)
+                progress = stack.enter_context(progress_factory(job.attack, total))
+            rec = fedleak.attack(
+                job.attack, model, update, threat=threat, seed=job.seed, num_images=n,
+                progress=progress, truth=None if truth is None else (truth[0], labels),
+                **job.attack_options,
+            )
+        result |= {"reconstruction": rec.summary(), "loss_history": rec.loss_history,
+                   "scores": None}
+        torch.save({"images": rec.images, "labels": rec.labels}, out / "reconstruction.pt")
+        if truth is None:
+            save_grid(out / "reconstruction.png", [rec.images], row_titles=["reconstruction"],
+                      title=f"{job.attack} on {Path(job.client_file or job.update_file).name}")
+        else:
+            scores = fedleak.score(rec, truth[0], labels=truth[1])
+            order = [r for r, _ in sorted(scores["pairing"], key=lambda p: p[1])]
+            caps = [f"PSNR {p:.1f}" for p in scores["psnr_per_image"]]
+            save_grid(out / "reconstruction.png", [truth[0], rec.images[order]],
+                      row_titles=["original", "reconstruction"], captions=[None, caps],
+                      title=f"{job.attack} on {Path(job.client_file or job.update_file).name}")
+            result["scores"] = scores
+        write_json(out / "metrics.json", result)
+        return result

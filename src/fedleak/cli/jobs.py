@@ -23,7 +23,7 @@ from fedleak.errors import ConfigError
 from fedleak.fl import ThreatModel
 from fedleak.metrics import score_images
 from fedleak.models import build_model
-from fedleak.report import append_jsonl, save_grid, write_config, write_json
+from fedleak.report import append_jsonl, claim_run_folder, save_grid, write_config, write_json
 
 Progress = Callable[[int, float], None]
 
@@ -87,6 +87,15 @@ class AttackJob:
         return opts
 
 
+def check_attack(name: str, options: dict[str, Any], level: str) -> None:
+    """The attack's options against its schema and its needs against the threat level."""
+    from fedleak.attacks import ATTACKS
+
+    cls = ATTACKS.get(name)
+    cls.create(**options)
+    ThreatModel(level=level).check(set(cls.requires) - {"labels"}, f"attack {name!r}")
+
+
 def pick_images(ds: ImageDataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random choice of ``n`` of the data set's images: the client's private batch."""
     if not 1 <= n <= len(ds):
@@ -120,49 +129,58 @@ def run_attack_job(
     progress: Progress | None = None,
     command: str = "attack",
     log: Callable[[str], None] = lambda m: None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Simulate one client, attack its update, score, and write the run folder."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, asdict(job), command)
-    if job.task == "diffusion":
-        return run_diffusion_attack_job(job, out, progress=progress, log=log)
-    if job.task != "classification":
+    """Simulate one client, attack its update, score, and write the run folder.
+
+    Everything is validated before the folder is touched: an existing run in ``out`` is
+    replaced only with ``overwrite``, and never by a run that stops at a bad option.
+    """
+    if job.task not in ("classification", "diffusion"):
         raise ConfigError(f"`--task` must be 'classification' or 'diffusion'; got {job.task!r}.")
+    check_attack(job.attack, job.attack_options, job.threat)
+    if job.task == "diffusion":
+        with claim_run_folder(out, overwrite=overwrite):
+            write_config(out, asdict(job), command)
+            return run_diffusion_attack_job(job, out, progress=progress, log=log)
+    training = job.training()
     ds = load_dataset(job.data, size=job.size, channels=job.channels, split="train")
     torch.manual_seed(job.seed)
     model = build_model(
         job.model, input_shape=ds.image_shape, num_classes=ds.num_classes, **job.model_options
     )
     images, labels = pick_images(ds, job.num_images, job.seed)
-    update = fedleak.observe(model, images, labels, seed=job.seed, **job.training())
-    update.save(out / "update.pt")
-    prior = None
-    if job.prior:
-        public = load_dataset(job.data, size=job.size, channels=job.channels, split="test")
-        prior = public.images.mean(0)
-    threat = ThreatModel(
-        level=job.threat,
-        labels=labels if job.grant_labels else None,
-        prior=prior,
-    )
-    ckpt = out / "checkpoints.jsonl"
-    ckpt.unlink(missing_ok=True)
-    name = route_attack(job.attack, update, job.attack_options)  # shuffled epochs: fedavg-epochs
-    if name != job.attack:
-        log(f"the client reshuffled over several epochs: {job.attack} -> {name}")
-    rec = fedleak.attack(
-        name,
-        model,
-        update,
-        threat=threat,
-        seed=job.seed,
-        checkpoint_every=job.checkpoint_every,
-        progress=progress,
-        callback=truth_logger(ckpt, images),
-        truth=(images, labels),  # for the fit check only
-        **job.attack_options,
-    )
-    return finish_run(out, rec, images, labels, prior=prior, title=f"{name} on {job.data}")
+    update = fedleak.observe(model, images, labels, seed=job.seed, **training)
+    with claim_run_folder(out, overwrite=overwrite):  # validated: now the folder is ours
+        write_config(out, asdict(job), command)
+        update.save(out / "update.pt")
+        prior = None
+        if job.prior:
+            public = load_dataset(job.data, size=job.size, channels=job.channels, split="test")
+            prior = public.images.mean(0)
+        threat = ThreatModel(
+            level=job.threat,
+            labels=labels if job.grant_labels else None,
+            prior=prior,
+        )
+        ckpt = out / "checkpoints.jsonl"
+        ckpt.unlink(missing_ok=True)
+        name = route_attack(job.attack, update, job.attack_options)  # shuffled: fedavg-epochs
+        if name != job.attack:
+            log(f"the client reshuffled over several epochs: {job.attack} -> {name}")
+        rec = fedleak.attack(
+            name,
+            model,
+            update,
+            threat=threat,
+            seed=job.seed,
+            checkpoint_every=job.checkpoint_every,
+            progress=progress,
+            callback=truth_logger(ckpt, images),
+            truth=(images, labels),  # for the fit check only
+            **job.attack_options,
+        )
+        return finish_run(out, rec, images, labels, prior=prior, title=f"{name} on {job.data}")
 
 
 def run_diffusion_attack_job(
@@ -304,73 +322,73 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
     the training), runs DLG with iDLG labels on the smallest client's first-round gradient.
     """
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "data": "lfw-faces",
-        "size": 32,
-        "model": "lenet",
-        "protocol": "fedsgd",
-        "lr": 0.1,
-        "client_sizes": [1, 3, 8, 24],
-        "rounds": 30,
-        "attacked_round": 1,
-        "attacked_client": 0,
-        "attack": "dlg",
-        "attack_options": {"iterations": 1000, "restarts": 3, "tolerance": 1e-5},
-        "threat": "C",
-        "seed": seed,
-    }
-    write_config(out, config, "demo")
-    train = load_dataset("lfw-faces", size=32, split="train")
-    test = load_dataset("lfw-faces", size=32, split="test")
-    from fedleak.data import partition
-    from fedleak.fl import ClientData, federate
+    with claim_run_folder(out, overwrite=True):  # a rerun replaces the demo
+        config = {
+            "data": "lfw-faces",
+            "size": 32,
+            "model": "lenet",
+            "protocol": "fedsgd",
+            "lr": 0.1,
+            "client_sizes": [1, 3, 8, 24],
+            "rounds": 30,
+            "attacked_round": 1,
+            "attacked_client": 0,
+            "attack": "dlg",
+            "attack_options": {"iterations": 1000, "restarts": 3, "tolerance": 1e-5},
+            "threat": "C",
+            "seed": seed,
+        }
+        write_config(out, config, "demo")
+        train = load_dataset("lfw-faces", size=32, split="train")
+        test = load_dataset("lfw-faces", size=32, split="test")
+        from fedleak.data import partition
+        from fedleak.fl import ClientData, federate
 
-    parts = partition(train.labels, 4, scheme="sizes", sizes=config["client_sizes"], seed=seed)
-    clients = [ClientData(train.images[p], train.labels[p]) for p in parts]
-    torch.manual_seed(seed)
-    model = build_model("lenet", input_shape=train.image_shape, num_classes=train.num_classes)
-    captured: dict[str, Any] = {}
+        parts = partition(train.labels, 4, scheme="sizes", sizes=config["client_sizes"], seed=seed)
+        clients = [ClientData(train.images[p], train.labels[p]) for p in parts]
+        torch.manual_seed(seed)
+        model = build_model("lenet", input_shape=train.image_shape, num_classes=train.num_classes)
+        captured: dict[str, Any] = {}
 
-    def on_update(r: int, c: int, update, global_model) -> None:
-        if r == config["attacked_round"] and c == config["attacked_client"]:
-            captured.update(update=update, model=global_model)
+        def on_update(r: int, c: int, update, global_model) -> None:
+            if r == config["attacked_round"] and c == config["attacked_client"]:
+                captured.update(update=update, model=global_model)
 
-    for res in federate(
-        model,
-        clients,
-        rounds=config["rounds"],
-        test=(test.images, test.labels),
-        seed=seed,
-        train={"protocol": "fedsgd", "lr": config["lr"]},
-        on_update=on_update,
-    ):
-        append_jsonl(out / "rounds.jsonl", {"round": res.round, "accuracy": res.accuracy})
-        if res.round == 1 or res.round % 5 == 0:
-            log(f"round {res.round}: test accuracy {res.accuracy:.3f}")
-    victim = clients[config["attacked_client"]]
-    captured["update"].save(out / "update.pt")
-    ckpt = out / "checkpoints.jsonl"
-    ckpt.unlink(missing_ok=True)
-    with progress_factory("DLG on client 0", config["attack_options"]["iterations"]) as prog:
-        rec = fedleak.attack(
-            "dlg",
-            captured["model"],
-            captured["update"],
-            threat=ThreatModel("C"),
+        for res in federate(
+            model,
+            clients,
+            rounds=config["rounds"],
+            test=(test.images, test.labels),
             seed=seed,
-            progress=prog,
-            callback=truth_logger(ckpt, victim.images),
-            truth=(victim.images, victim.labels),  # for the fit check only
-            **config["attack_options"],
+            train={"protocol": "fedsgd", "lr": config["lr"]},
+            on_update=on_update,
+        ):
+            append_jsonl(out / "rounds.jsonl", {"round": res.round, "accuracy": res.accuracy})
+            if res.round == 1 or res.round % 5 == 0:
+                log(f"round {res.round}: test accuracy {res.accuracy:.3f}")
+        victim = clients[config["attacked_client"]]
+        captured["update"].save(out / "update.pt")
+        ckpt = out / "checkpoints.jsonl"
+        ckpt.unlink(missing_ok=True)
+        with progress_factory("DLG on client 0", config["attack_options"]["iterations"]) as prog:
+            rec = fedleak.attack(
+                "dlg",
+                captured["model"],
+                captured["update"],
+                threat=ThreatModel("C"),
+                seed=seed,
+                progress=prog,
+                callback=truth_logger(ckpt, victim.images),
+                truth=(victim.images, victim.labels),  # for the fit check only
+                **config["attack_options"],
+            )
+        result = finish_run(
+            out,
+            rec,
+            victim.images,
+            victim.labels,
+            title="DLG on a FedSGD update of an lfw-faces client (1 image)",
         )
-    result = finish_run(
-        out,
-        rec,
-        victim.images,
-        victim.labels,
-        title="DLG on a FedSGD update of an lfw-faces client (1 image)",
-    )
-    result["seconds_total"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "metrics.json", result)
-    return result
+        result["seconds_total"] = round(time.perf_counter() - t0, 1)
+        write_json(out / "metrics.json", result)
+        return result

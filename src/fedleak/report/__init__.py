@@ -8,11 +8,19 @@ from fedleak.report.plots import (
     plot_leakage_vs,
     plot_privacy_utility,
 )
-from fedleak.report.run import RunLock, append_jsonl, read_jsonl, write_config, write_json
+from fedleak.report.run import (
+    RunLock,
+    append_jsonl,
+    claim_run_folder,
+    read_jsonl,
+    write_config,
+    write_json,
+)
 
 __all__ = [
     "RunLock",
     "append_jsonl",
+    "claim_run_folder",
     "plot_accuracy",
     "plot_leakage_per_round",
     "plot_leakage_vs",

@@ -131,3 +131,37 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def claim_run_folder(folder: str | Path, *, overwrite: bool) -> RunLock:
+    """Lock ``folder`` for a new run; refuse a folder that already holds something.
+
+    A folder holding an earlier fedleak run is emptied only with ``overwrite``; a folder
+    holding anything else is never touched. Call it after every input has been validated, so a
+    refused or mistaken run leaves an existing run as it was.
+    """
+    import shutil
+
+    from fedleak.errors import ConfigError
+
+    folder = Path(folder)
+    entries = [p for p in folder.iterdir() if p.name != LOCK_NAME] if folder.is_dir() else []
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; --out must be a folder.")
+    if entries:
+        if not (folder / "config.json").is_file():
+            raise ConfigError(
+                f"{folder} is not empty and holds no fedleak run; choose another --out."
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"{folder} already holds a run; pass --overwrite to replace it, or choose "
+                "another --out."
+            )
+    lock = RunLock(folder)
+    for p in entries:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return lock

@@ -119,7 +119,20 @@ def run_sweep(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg, resume)
-    _lock = RunLock(out)  # noqa: F841 - held until this function returns
+    with RunLock(out):  # one run per folder
+        return _run_sweep(cfg, out, workers=workers, progress=progress, log=log, status=status)
+
+
+def _run_sweep(
+    cfg: SweepConfig,
+    out: Path,
+    *,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+    log: Callable[[str], None],
+    status: Callable[[EngineStatus], None] | None,
+) -> dict[str, Any]:
+    """The body of :func:`run_sweep`, on a validated config and a locked folder."""
     write_config(out, {"sweep_config": cfg.to_dict()}, "sweep")
     t0 = time.perf_counter()
     cells = cfg.cells()

@@ -43,6 +43,7 @@ class FitTerms:
 
     objective: float
     residual: float
+    note: str = ""  # what was evaluated, where it is not simply the candidate images
 
 
 @dataclass(frozen=True)

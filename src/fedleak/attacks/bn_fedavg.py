@@ -195,9 +195,9 @@ class BNFedAvg(Attack):
             raise ConfigError(
                 f"`metric` of bn-fedavg must be 'l2' or 'cosine'; got {self.metric!r}."
             )
-        if self.init not in ("auto", "prior", "random", "constant"):
+        if self.init not in ("auto", "prior", "random", "randn", "constant"):
             raise ConfigError(
-                "`init` of bn-fedavg must be 'auto', 'prior', 'random' or 'constant'; "
+                "`init` of bn-fedavg must be 'auto', 'prior', 'random', 'randn' or 'constant'; "
                 f"got {self.init!r}."
             )
         weights = (self.update_weight, self.bn_weight, self.bn_first, self.tv_weight)

@@ -24,7 +24,7 @@ import torch
 from fedleak.attacks.base import Attack, AttackInputs, Checkpoint, Reconstruction, register_attack
 from fedleak.attacks.fit import FitTerms
 from fedleak.attacks.optimize import RETRIES
-from fedleak.attacks.simulate import Tensors, UpdateSimulator, gradient_distance, pseudo_gradient
+from fedleak.attacks.simulate import UpdateSimulator, gradient_distance, pseudo_gradient
 from fedleak.errors import AttackDivergedError, ConfigError
 
 
@@ -52,8 +52,9 @@ class DLG(Attack):
 
     def _setup(
         self, inputs: AttackInputs
-    ) -> tuple[UpdateSimulator, Tensors, Callable[[Tensors], torch.Tensor]]:
-        """Simulator, target and residual normalizer: shared by reconstruct and objective_at."""
+    ) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[..., torch.Tensor]]:
+        """The attack loss ``(x, y) -> (R,)`` and the normalized residual of a simulated update:
+        shared by reconstruct and objective_at."""
         update = inputs.update
         mode = "replay" if (self.replay and update.kind == "delta") else "gradient"
         training = update.training
@@ -62,29 +63,30 @@ class DLG(Attack):
         target = dict(update.tensors) if mode == "replay" else pseudo_gradient(update)
         norm2 = sum(float(t.pow(2).sum()) for t in target.values()) or 1.0
 
-        def residual(out: Tensors) -> torch.Tensor:
-            """The matching term normalized: per-tensor mean (l2-layer), relative (l2), cosine."""
-            d = gradient_distance(out, target, metric=self.metric)
+        def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return gradient_distance(sim(x, y), target, metric=self.metric)
+
+        def residual(d: torch.Tensor) -> torch.Tensor:
+            """The distance normalized: per-tensor mean (l2-layer), relative (l2), cosine."""
             if self.metric == "l2-layer":
                 return d / len(target)
             return d / norm2 if self.metric == "l2" else d
 
-        return sim, target, residual
+        return distance, residual
 
     def objective_at(
         self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
     ) -> FitTerms:
         """The gradient distance at ``images`` with hard ``labels`` (the joint search's soft
         labels are evaluated at their argmax, the labels the attack reports)."""
-        sim, target, residual = self._setup(inputs)
+        distance, residual = self._setup(inputs)
         y = labels if labels is not None else inputs.labels
         if y is None:
             raise ConfigError("dlg's objective needs labels: give them or grant them.")
         x = images.reshape(1, inputs.num_images, *inputs.image_shape).detach()
         with torch.no_grad():
-            out = sim(x, y.reshape(1, -1).long())
-            loss = gradient_distance(out, target, metric=self.metric)
-            return FitTerms(objective=float(loss[0]), residual=float(residual(out)[0]))
+            loss = distance(x, y.reshape(1, -1).long())
+            return FitTerms(objective=float(loss[0]), residual=float(residual(loss)[0]))
 
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Run L-BFGS restarts; ``iterations`` counts L-BFGS iterations per restart.
@@ -97,7 +99,7 @@ class DLG(Attack):
                 f"`iterations` and `restarts` of dlg must be >= 1; got {self.iterations}, "
                 f"{self.restarts}."
             )
-        sim, target, _ = self._setup(inputs)
+        distance, _ = self._setup(inputs)
         gen = inputs.generator()
         n, shape, k = inputs.num_images, inputs.image_shape, inputs.num_classes
         joint = self.joint_labels or inputs.labels is None
@@ -127,7 +129,7 @@ class DLG(Attack):
 
             def closure() -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)  # noqa: B023 (closure runs inside this loop)
-                loss = gradient_distance(sim(x, y), target, metric=self.metric).sum()  # noqa: B023
+                loss = distance(x, y).sum()  # noqa: B023
                 loss.backward()
                 finite = bool(torch.isfinite(loss)) and all(
                     v.grad is None or bool(torch.isfinite(v.grad).all())
@@ -163,7 +165,7 @@ class DLG(Attack):
                 continue
             # the line search leaves the final iterate unevaluated: score it once
             with torch.no_grad():
-                final = float(gradient_distance(sim(x, y), target, metric=self.metric).sum())
+                final = float(distance(x, y).sum())
             if not math.isfinite(final) or not bool(torch.isfinite(x).all()):
                 retried += 1
                 continue

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,7 +195,9 @@ def initial_images(inputs: AttackInputs, init: str, restarts: int, who: str) -> 
     return init_images(init, shape, inputs.generator(), prior)
 
 
-def retry_images(inputs: AttackInputs, init: str, restarts: int) -> Any:
+def retry_images(
+    inputs: AttackInputs, init: str, restarts: int
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """``fresh`` for :func:`optimize`: new starts like :func:`initial_images` (after NaN/inf)."""
     shape = (restarts, inputs.num_images, *inputs.image_shape)
     return fresh_images(init, shape, inputs.seed, inputs.threat.prior)

@@ -2,7 +2,8 @@
 
 Variables carry a leading restart dimension R; the objective returns one loss per restart, so R
 restarts run as one vectorized computation. The loop keeps each restart's best candidate by
-attack loss (never by ground truth) and syncs with the host only at checkpoints.
+attack loss (never by ground truth); per iteration it reads back only the R losses and R
+finiteness flags (the callback's images only at checkpoints).
 
 Non-finite values are never returned silently: a restart whose loss or variable gradient goes
 NaN/inf is not recorded at that iterate, and is restarted from a fresh draw (``fresh``) up to

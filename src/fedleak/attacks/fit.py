@@ -37,7 +37,9 @@ VERDICTS = ("fits", "attack-underfit", "approximate-replay", "unchecked")
 # - inexact models of the client give >= 1.3e-2: lr told 2x too large on an Adam client 0.013
 #   (SGD 0.030), the pseudo-gradient for 2 local steps 0.05-0.44 (cosine) and 0.28-1.7 (L2),
 #   BatchNorm told eval instead of train 0.48-0.72, a client shuffling over 2 epochs 0.36
-#   (IG) / 0.62 (bn-fedavg).
+#   (IG) / 0.62 (bn-fedavg), diffusion-ig's first-order pseudo-gradient for 2 local steps
+#   2.1e-3. (A mismatch the objective cannot see leaves no residual: SGD without momentum at
+#   lr 0.1 told 2x scores 6e-7 under the scale-free cosine, and is "fits" for that attack.)
 # 1e-3 sits three orders of magnitude above round-off and one below the smallest mismatch.
 # For the attack side: DLG on LeNet at 46 dB ends at 6.6e-6 (truth 5e-14), a fit; IG at
 # 20 and 300 iterations ends at 0.11 and 0.013 against the truth's 0.0012 (its TV term), an

@@ -17,8 +17,8 @@ an untrained ConvNet (4 conv 3x3 + BN + ReLU, widths 32/64/128/128, max-pool aft
 * The same client with Adam instead of SGD (lr 0.01, the sweep's default client optimizer):
   inverting-gradients replaying the Adam steps, and bn-fedavg, against the target "clearly
   above the flat-image PSNR" (before the fix of issue 11 the replay's gradient was NaN and
-  the attacks returned their random start). Measured (2 shared CPU cores): IG 8.40 dB at
-  1,000 iterations and bn-fedavg 10.25 dB at 300, flat 21.46, both "attack-underfit" (the
+  the attacks returned their random start). Measured (2 shared CPU cores, 1,000 iterations):
+  IG 8.40 dB, bn-fedavg 13.32 dB (10.25 at 300), flat 21.46, all "attack-underfit" (the
   true images fit the exact replay, residual < 1e-6): target not met. An Adam step is
   scale-free per coordinate (about lr * sign(g) for the first step), so the update keeps
   little that the image gradient can follow; the SGD client scores 11.35 (IG) and 23.70

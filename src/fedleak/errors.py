@@ -24,6 +24,14 @@ class UpdateError(FedleakError, ValueError):
     """A client update that is malformed (NaN/inf values, missing tensors, wrong shapes)."""
 
 
+class AttackDivergedError(UpdateError):
+    """An attack whose loss or image gradient stayed NaN/inf after its retries.
+
+    Raised instead of returning a candidate that never moved (the random start), which would
+    read as "this update does not leak" when the truth is "this attack broke".
+    """
+
+
 class InsufficientKnowledgeError(FedleakError, ValueError):
     """An attack needs knowledge that the threat model does not grant."""
 

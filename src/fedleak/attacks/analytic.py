@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
+from fedleak.attacks.fit import FitTerms
 from fedleak.errors import ConfigError, InsufficientKnowledgeError, UpdateError
 from fedleak.fl.update import ClientUpdate
 from fedleak.models.normalize import Normalize
@@ -205,6 +206,19 @@ class Analytic(Attack):
     tolerance: float = 1e-4
 
     uses_labels = False
+
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms:
+        """How much of the first layer's gradient ``images`` leave unexplained (relative
+        least-squares residual, the quantity :meth:`reconstruct` checks); labels are unused."""
+        name, _, norm = leading_linear(inputs.model, inputs.image_shape)
+        w, b = _first_layer_signal(inputs.update, inputs.model, name)
+        x = images.detach().double().reshape(-1, *inputs.image_shape)
+        if norm is not None:
+            x = (x - norm.mean.double()) / norm.std.double()
+        residual = _explain(w, b, x.reshape(x.shape[0], -1))
+        return FitTerms(objective=residual, residual=residual)
 
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Divide weight rows by bias entries; refuse whatever would not be exact."""

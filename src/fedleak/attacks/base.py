@@ -42,6 +42,9 @@ class Reconstruction:
         labels: (N,) class indices the attack used or recovered (None if it has none).
         loss_history: attack loss of the chosen restart, one value per iteration.
         restart_losses: final (best) attack loss of each restart; ``best_restart`` indexes it.
+        restart_images: (R, N, C, H, W) every restart's final (best) images, in the order of
+            ``restart_losses`` (``images`` is ``restart_images[best_restart]``), so users can
+            see what restart selection did; None for attacks without restarts.
         label_method: where the labels came from ("granted", "idlg", "count", "joint", ...).
         fit: the fit check (:mod:`fedleak.attacks.fit`), set by the front door after the attack.
     """
@@ -58,6 +61,7 @@ class Reconstruction:
     label_method: str = "none"
     extras: dict[str, Any] = field(default_factory=dict)
     fit: FitCheck | None = None
+    restart_images: torch.Tensor | None = None
 
     @property
     def iterations_per_second(self) -> float:

@@ -57,8 +57,9 @@ from fedleak.attacks.bnstats import (
     infer_batch_stats,
     step_weights,
 )
+from fedleak.attacks.fit import FitTerms
 from fedleak.attacks.labels import label_arrangements
-from fedleak.attacks.optimize import init_images, optimize, total_variation
+from fedleak.attacks.optimize import fresh_images, init_images, optimize, total_variation
 from fedleak.attacks.simulate import (
     Tensors,
     UpdateSimulator,
@@ -208,9 +209,9 @@ class BNFedAvg(Attack):
             raise ConfigError(
                 f"`metric` of bn-fedavg must be 'l2' or 'cosine'; got {self.metric!r}."
             )
-        if self.init not in ("auto", "prior", "random", "constant"):
+        if self.init not in ("auto", "prior", "random", "randn", "constant"):
             raise ConfigError(
-                "`init` of bn-fedavg must be 'auto', 'prior', 'random' or 'constant'; "
+                "`init` of bn-fedavg must be 'auto', 'prior', 'random', 'randn' or 'constant'; "
                 f"got {self.init!r}."
             )
         weights = (self.update_weight, self.bn_weight, self.bn_first, self.tv_weight)
@@ -298,6 +299,20 @@ class BNFedAvg(Attack):
         }
         return sum(w[k] * v for k, v in terms.items())  # type: ignore[return-value]
 
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms:
+        """:meth:`total` of :meth:`objective`'s terms at ``images`` with ``labels`` in slot
+        order (the reconstruction's are its chosen spread); residual: the update term."""
+        terms = self.objective(inputs)
+        given = labels if labels is not None else inputs.labels
+        assert given is not None  # objective() checked inputs.labels
+        y = given.reshape(1, -1).long()
+        x = images.reshape(1, inputs.num_images, *inputs.image_shape).detach()
+        with torch.no_grad():
+            t = terms(x, y)
+            return FitTerms(objective=float(self.total(t)[0]), residual=float(t["update"][0]))
+
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Optimize R restarts jointly; the restart with the lowest attack loss wins."""
         terms = self.objective(inputs)
@@ -337,6 +352,8 @@ class BNFedAvg(Attack):
             schedule="cosine",
             warmup=min(warmup, self.iterations - 1),
             project=project,
+            fresh=fresh_images(kind, shape, inputs.seed, prior, self.init_noise),
+            who=f"attack {self.name!r}",
         )
         best = int(res.best_loss.argmin())
         with torch.no_grad():
@@ -349,10 +366,15 @@ class BNFedAvg(Attack):
             threat_level=inputs.threat.level,
             loss_history=res.history[:, best].tolist(),
             restart_losses=res.best_loss.tolist(),
+            restart_images=res.best["images"].clamp(0, 1).detach().clone(),
             best_restart=best,
             iterations=res.iterations,
             seconds=time.perf_counter() - start,
             label_method=inputs.label_method,
             extras={f"final_{k}": v for k, v in final_terms.items()}
-            | {"init": kind, "stochastic_layers": replay_masks(inputs.model)},
+            | {
+                "init": kind,
+                "stochastic_layers": replay_masks(inputs.model),
+                "retried": res.retried,
+            },
         )

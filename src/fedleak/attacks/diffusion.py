@@ -50,6 +50,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
+from fedleak.attacks.fit import FitTerms
 from fedleak.attacks.optimize import OptimizationResult, optimize, total_variation
 from fedleak.attacks.simulate import Tensors, gradient_distance, pseudo_gradient
 from fedleak.diffusion.client import parse_diffusion_loss
@@ -328,7 +329,30 @@ def run(
     return optimize(
         variables, matcher.objective(t), inputs, iterations=iterations, lr=lr, signed=signed,
         schedule=schedule, project=clamp_images, image_key=key, decode=decode,
+        fresh=redraw(variables, inputs.seed), who="the diffusion attack",
     )
+
+
+def redraw(variables: Variables, seed: int) -> Callable[[torch.Tensor], Variables]:
+    """``fresh`` for :func:`optimize` after NaN/inf: new pixels (uniform), latents and noise
+    (standard normal) for the restarts ``idx``; other variables (a relaxed t) restart where
+    they started. Its own generator: retries never shift the attack's random stream."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    start = {k: v.detach().clone() for k, v in variables.items()}
+
+    def draw(idx: torch.Tensor) -> Variables:
+        out: Variables = {}
+        for k, v in start.items():
+            shape = (int(idx.numel()), *v.shape[1:])
+            if k == "images":
+                out[k] = torch.rand(shape, generator=gen)
+            elif k in ("latent", "eps"):
+                out[k] = torch.randn(shape, generator=gen)
+            else:
+                out[k] = v[idx.to(v.device)]
+        return out
+
+    return draw
 
 
 # --------------------------------------------------------------------------------- t search
@@ -587,6 +611,7 @@ def _package(
     iterations: int,
     start: float,
     extras: dict[str, Any],
+    restart_images: torch.Tensor | None = None,
 ) -> Reconstruction:
     return Reconstruction(
         images=images.clamp(0, 1).detach().clone(),
@@ -595,6 +620,7 @@ def _package(
         threat_level=inputs.threat.level,
         loss_history=history,
         restart_losses=restart_losses,
+        restart_images=None if restart_images is None else restart_images.clamp(0, 1).detach(),
         best_restart=best,
         iterations=iterations,
         seconds=time.perf_counter() - start,
@@ -745,26 +771,40 @@ class DiffusionIG(Attack):
         )
         _freeze_t_options(self)
 
+    def _matcher(self, inputs: AttackInputs, who: str) -> tuple[DiffusionSetup, Matcher]:
+        """The objective (shared by reconstruct and objective_at): target, simulator, terms."""
+        setup = diffusion_setup(inputs, self.metric, who)
+        if self.joint_noise:
+            setup.shared_eps = setup.shared_t = None  # eps is a variable: one per image
+            setup.index = torch.arange(inputs.num_images)[None]
+        else:
+            _need_shared(setup, who, "joint_noise=True or attack 'gidm-plus'")
+        sim = DiffusionSimulator(inputs.model, setup)
+        return setup, Matcher(sim, setup, self.metric, tv=self.tv, eps_prior=self.eps_prior)
+
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms:
+        """Gradient distance (+ tv, + eps prior) at ``images``; with private noise at the eps
+        and t of the attack's last run (see :func:`fit_terms`)."""
+        _, matcher = self._matcher(inputs, f"attack {self.name!r}")
+        return fit_terms(self, inputs, matcher, images, private=self.joint_noise)
+
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Match the diffusion-loss gradient in pixel space (eps jointly if private)."""
         who = f"attack {self.name!r}"
         start = time.perf_counter()
-        setup = diffusion_setup(inputs, self.metric, who)
-        sim = DiffusionSimulator(inputs.model, setup)
+        setup, matcher = self._matcher(inputs, who)
         gen = inputs.generator()
-        matcher = Matcher(sim, setup, self.metric, tv=self.tv, eps_prior=self.eps_prior)
         r, n, shape = self.restarts, inputs.num_images, inputs.image_shape
         extras: dict[str, Any] = {**setup.extras, "joint_noise": self.joint_noise}
         t_rep = None
         done = 0
         history: list[float] = []
         if not self.joint_noise:
-            _need_shared(setup, who, "joint_noise=True or attack 'gidm-plus'")
             v0: Variables = {"images": torch.rand((r, n, *shape), generator=gen)}
             extras["t"] = _shared_t_list(setup)
         else:
-            setup.shared_eps = setup.shared_t = None  # eps is a variable: one per image
-            setup.index = torch.arange(n)[None]
             t, found = _search_and_t(self, matcher, inputs, gen, who)
             extras.update(_search_extras(t, found))
             v0 = {
@@ -780,9 +820,12 @@ class DiffusionIG(Attack):
         best = _pick(res)
         if "eps" in res.best:
             extras["eps"] = res.best["eps"][best].detach().clone()
+            _remember(self, res.best["images"][best], extras["eps"], t)
+        extras["retried"] = res.retried
         return _package(
             self, inputs, res.best["images"][best], history + res.history[:, best].tolist(),
             res.best_loss.tolist(), best, done + res.iterations, start, extras,
+            res.best["images"],
         )
 
 
@@ -863,6 +906,10 @@ class _GIDMBase(Attack):
             "phase1_iterations": res1.iterations,
             "ddim_steps": k,
         }
+        extras["retried"] = res1.retried
+        extras["restart_images"] = phase1
+        if private and self.phase2_iterations == 0:
+            extras["eps"] = res1.best["eps"][best1].detach().clone()
         if self.phase2_iterations == 0:
             return res1, None, phase1[best1], extras
         v2: Variables = {"images": phase1.clamp(0, 1)}
@@ -873,6 +920,8 @@ class _GIDMBase(Attack):
         best2 = _pick(res2)
         if private:
             extras["eps"] = res2.best["eps"][best2].detach().clone()
+        extras["retried"] += res2.retried
+        extras["restart_images"] = res2.best["images"]
         return res1, res2, res2.best["images"][best2], extras
 
     def _finish(
@@ -891,9 +940,19 @@ class _GIDMBase(Attack):
         if res2 is not None:
             history += res2.history[:, best].tolist()
         its = pre[0] + res1.iterations + (res2.iterations if res2 else 0)
+        restart_images = extras.pop("restart_images", None)
         return _package(
-            self, inputs, images, history, last.best_loss.tolist(), best, its, start, extras
+            self, inputs, images, history, last.best_loss.tolist(), best, its, start, extras,
+            restart_images,
         )
+
+    def _fit_note(self) -> str:
+        if self.phase2_iterations == 0:
+            return (
+                "evaluated the pixel objective (gradient distance + tv); the attack minimized it "
+                "over the prior's latent only (phase 2 off)"
+            )
+        return "evaluated the phase-2 (pixel) objective: gradient distance + tv"
 
 
 @register_attack("gidm")
@@ -919,13 +978,25 @@ class GIDM(_GIDMBase):
     def __post_init__(self) -> None:
         self._check_base()
 
+    def _matcher(self, inputs: AttackInputs, who: str) -> tuple[DiffusionSetup, Matcher]:
+        """The objective (shared by reconstruct and objective_at), without the prior yet."""
+        setup = diffusion_setup(inputs, self.metric, who)
+        _need_shared(setup, who, "attack 'gidm-plus'")
+        sim = DiffusionSimulator(inputs.model, setup)
+        return setup, Matcher(sim, setup, self.metric, tv=self.tv)
+
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms:
+        """The phase-2 (pixel) objective at ``images``: gradient distance + tv."""
+        _, matcher = self._matcher(inputs, f"attack {self.name!r}")
+        return fit_terms(self, inputs, matcher, images, private=False, note=self._fit_note())
+
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Phase 1 through the prior, phase 2 on pixels, shared eps and t."""
         who = f"attack {self.name!r}"
         start = time.perf_counter()
-        setup = diffusion_setup(inputs, self.metric, who)
-        _need_shared(setup, who, "attack 'gidm-plus'")
-        matcher = Matcher(DiffusionSimulator(inputs.model, setup), setup, self.metric, tv=self.tv)
+        setup, matcher = self._matcher(inputs, who)
         gen = inputs.generator()
         res1, res2, images, extras = self._phases(inputs, setup, matcher, gen, who, None, None)
         extras = {
@@ -975,10 +1046,8 @@ class GIDMPlus(_GIDMBase):
         )
         _freeze_t_options(self)
 
-    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
-        """Search t, then the two GIDM phases with eps as a variable."""
-        who = f"attack {self.name!r}"
-        start = time.perf_counter()
+    def _matcher(self, inputs: AttackInputs, who: str) -> tuple[DiffusionSetup, Matcher]:
+        """The objective (shared by reconstruct and objective_at), without the prior yet."""
         setup = diffusion_setup(inputs, self.metric, who)
         # private noise: whatever the client shared is ignored
         setup.shared_eps = setup.shared_t = None
@@ -987,12 +1056,82 @@ class GIDMPlus(_GIDMBase):
             DiffusionSimulator(inputs.model, setup), setup, self.metric, tv=self.tv,
             eps_prior=self.eps_prior,
         )
+        return setup, matcher
+
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms:
+        """The phase-2 (pixel) objective at ``images`` with the eps and t of the attack's last
+        run (the private noise is the attack's estimate, not the client's)."""
+        _, matcher = self._matcher(inputs, f"attack {self.name!r}")
+        return fit_terms(self, inputs, matcher, images, private=True, note=self._fit_note())
+
+    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
+        """Search t, then the two GIDM phases with eps as a variable."""
+        who = f"attack {self.name!r}"
+        start = time.perf_counter()
+        setup, matcher = self._matcher(inputs, who)
         gen = inputs.generator()
         if self.search_prior:
             self._use_prior(setup, matcher, who)
         t, found = _search_and_t(self, matcher, inputs, gen, who, latent=self.search_prior)
         eps0 = found.eps if found is not None else None
         res1, res2, images, extras = self._phases(inputs, setup, matcher, gen, who, t, eps0)
+        _remember(self, images, extras.get("eps", eps0), t)
         extras = {**setup.extras, **extras, **_search_extras(t, found)}
         pre = (found.iterations, list(found.history)) if found is not None else (0, [])
         return self._finish(inputs, res1, res2, images, start, extras, pre)
+
+
+def _remember(
+    attack: Attack, images: torch.Tensor, eps: torch.Tensor | None, t: torch.Tensor
+) -> None:
+    """Keep the last run's private (eps, t) for :func:`fit_terms` (a frozen attack's private
+    attribute, not a hyperparameter: it takes no part in equality or hashing)."""
+    if eps is not None:
+        state = (images.detach().clone(), eps.detach().clone(), t.detach().clone())
+        object.__setattr__(attack, "_fit_state", state)
+
+
+def fit_terms(
+    attack: Attack,
+    inputs: AttackInputs,
+    matcher: Matcher,
+    images: torch.Tensor,
+    *,
+    private: bool,
+    note: str = "",
+) -> FitTerms:
+    """:meth:`Attack.objective_at` of the diffusion attacks: the matcher's objective and its
+    (normalized) gradient distance at ``images``, R=1.
+
+    Private noise: the objective depends on each image's eps and t, which the attack estimated
+    alongside the images. They are taken from the attack's last run, and ``images`` are paired
+    with that run's images (Hungarian, SSIM) so each is evaluated with the eps/t of its slot:
+    at the truth this measures the truth under the attack's noise estimate, not the client's.
+    """
+    n, shape = inputs.num_images, inputs.image_shape
+    x = images.detach().reshape(n, *shape).to(torch.get_default_dtype())
+    v: Variables = {"images": x[None]}
+    t_rep = None
+    if private:
+        state = getattr(attack, "_fit_state", None)
+        if state is None:
+            raise ConfigError(
+                f"the objective of attack {attack.name!r} with private noise is evaluated at "
+                "the eps and t of its last run: call reconstruct first."
+            )
+        from fedleak.metrics import match
+
+        rec_images, eps, t = state
+        rec_idx, orig_idx = match(rec_images.clamp(0, 1), x.clamp(0, 1))
+        slots = x.clone()
+        slots[rec_idx] = x[orig_idx]
+        v = {"images": slots[None], "eps": eps.reshape(1, n, *shape)}
+        t_rep = t.reshape(1, n)
+        extra = "with the eps and t the attack estimated (paired by SSIM)"
+        note = f"{note}; {extra}" if note else extra
+    with torch.no_grad():
+        obj = matcher.objective(t_rep)(v)
+        dist = matcher.distance(v, t_rep)
+    return FitTerms(objective=float(obj[0]), residual=float(dist[0]), note=note)

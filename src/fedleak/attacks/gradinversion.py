@@ -40,13 +40,16 @@ from torch import nn
 
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
 from fedleak.attacks.bn_fedavg import StatsReplay, StepStats
+from fedleak.attacks.fit import FitTerms
 from fedleak.attacks.inverting import (
     LayerSpec,
     MatchingSetup,
     check_matching,
     clamp_images,
     finish,
+    fit_terms,
     normalize_layers,
+    retry_images,
     start_matching,
 )
 from fedleak.attacks.optimize import lr_factor, optimize, total_variation
@@ -190,16 +193,29 @@ class GradInversion(Attack):
             )
         object.__setattr__(self, "layers", normalize_layers(self.layers, f"attack {self.name!r}"))
 
-    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
-        """Optimize R restarts at once; the lowest final attack loss wins."""
-        start = time.perf_counter()
-        x0, y, setup = start_matching(self, inputs)
+    def _objective(
+        self,
+        inputs: AttackInputs,
+        setup: MatchingSetup,
+        y: torch.Tensor,
+        state: dict[str, int] | None = None,
+        first: dict[str, torch.Tensor] | None = None,
+        last: dict[str, torch.Tensor] | None = None,
+    ):  # noqa: ANN202
+        """The attack loss ``x -> (objective, residual)``, (R,) each: the one function that
+        :meth:`reconstruct` minimizes and :meth:`objective_at` evaluates. ``residual`` is the
+        gradient distance relative to the target's (weighted) squared norm. ``state["it"]``
+        switches group consistency on; ``first``/``last`` collect the BN term (diagnostics)."""
         sim, weights = setup.simulator, setup.weights
+        state = {"it": 0} if state is None else state
+        first = {} if first is None else first
+        last = {} if last is None else last
         scale = 1.0
         training = inputs.update.training
         if setup.fedavg_mode == "replay" and training is not None:
             scale = 1.0 / (training.lr * training.local_steps)  # delta -> gradient scale
         target = {k: v * scale for k, v in setup.target.items()}
+        norm2 = sum(weights[k] * float(t.pow(2).sum()) for k, t in target.items()) or 1.0
         bn = BNStatistics(inputs.model) if self.bn_weight > 0 else None
         if bn is not None and len(bn) == 0:
             bn = None  # no BatchNorm layer: nothing to match
@@ -208,13 +224,10 @@ class GradInversion(Attack):
         gw, bw, tv, l2 = self.grad_weight, self.bn_weight, self.tv, self.l2
         gc = self.group_consistency if self.restarts > 1 else 0.0
         warm = int(self.group_start * self.iterations)
-        state = {"it": 0}
-        # per-iteration terms of the current batch, for the BN-decrease diagnostics in extras
-        first: dict[str, torch.Tensor] = {}
-        last: dict[str, torch.Tensor] = {}
+        last["bn_layers"] = torch.tensor(0 if bn is None else len(bn))
+        last["bn_train_forward"] = torch.tensor(stats_sim is not None)
 
-        def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
-            x = v["images"]
+        def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             steps: list[StepStats] = []
             if stats_sim is not None:
                 sim_out, steps = stats_sim(x, y)
@@ -222,7 +235,8 @@ class GradInversion(Attack):
                 sim_out = sim(x, y)
             if scale != 1.0:
                 sim_out = {k: t * scale for k, t in sim_out.items()}
-            loss = gw * gradient_distance(sim_out, target, metric="l2", weights=weights)
+            match = gradient_distance(sim_out, target, metric="l2", weights=weights)
+            loss = gw * match
             if bn is not None:
                 bn_loss = bn.of_steps(steps, stats_sim.layers) if stats_sim else bn(x)
                 loss = loss + bw * bn_loss
@@ -238,7 +252,34 @@ class GradInversion(Attack):
                 # tracking would prefer iterates from before the warm-up, when the term was 0
                 group = gc * _norm(x - x.detach().mean(0, keepdim=True))
                 loss = loss + (group - group.detach())
-            return loss
+            return loss, match / norm2
+
+        return objective
+
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms:
+        """The full GradInversion loss at ``images`` (group consistency adds no value at R=1);
+        residual: the L2 gradient distance relative to the target's squared norm."""
+        return fit_terms(
+            self, inputs, images, labels, lambda setup, y: self._objective(inputs, setup, y)
+        )
+
+    def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
+        """Optimize R restarts at once; the lowest final attack loss wins."""
+        start = time.perf_counter()
+        x0, y, setup = start_matching(self, inputs)
+        gc = self.group_consistency if self.restarts > 1 else 0.0
+        state = {"it": 0}
+        # per-iteration terms of the current batch, for the BN-decrease diagnostics in extras
+        first: dict[str, torch.Tensor] = {}
+        last: dict[str, torch.Tensor] = {}
+        f = self._objective(inputs, setup, y, state, first, last)
+        bn_count = int(last.pop("bn_layers"))
+        train_forward = bool(last.pop("bn_train_forward"))
+
+        def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
+            return f(v["images"])[0]
 
         noise_gen = torch.Generator().manual_seed(inputs.seed + 1)
 
@@ -252,17 +293,20 @@ class GradInversion(Attack):
         res = optimize(
             {"images": x0}, objective, inputs, iterations=self.iterations, lr=self.lr,
             signed=self.signed, schedule=self.schedule, project=clamp_images(),
-            after_step=after_step,
+            after_step=after_step, fresh=retry_images(inputs, self.init, self.restarts),
+            who=f"attack {self.name!r}",
         )
+        bn_source = "none" if not bn_count else ("train-forward" if train_forward else "eval")
         extras = {
             **setup.extras,
             "restarts": self.restarts,
             "init": self.init,
-            "bn_layers_matched": 0 if bn is None else len(bn),
-            "bn_statistics": "none" if bn is None else ("train-forward" if stats_sim else "eval"),
+            "bn_layers_matched": bn_count,
+            "bn_statistics": bn_source,
             "group_consistency": gc,
+            "retried": res.retried,
         }
-        if bn is not None and first:
+        if bn_count and first:
             extras["bn_loss_first"] = first["bn"].tolist()
             extras["bn_loss_last"] = last["bn"].tolist()
         return finish(self, inputs, res, y, start, extras)

@@ -17,8 +17,9 @@ Defaults were tuned on lfw-faces 32x32 grey with the untrained ConvNet (see
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,14 @@ import torch
 
 from fedleak.attacks.arrangements import restart_labels
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
-from fedleak.attacks.optimize import OptimizationResult, init_images, optimize, total_variation
+from fedleak.attacks.fit import FitTerms
+from fedleak.attacks.optimize import (
+    OptimizationResult,
+    fresh_images,
+    init_images,
+    optimize,
+    total_variation,
+)
 from fedleak.attacks.simulate import (
     Tensors,
     UpdateSimulator,
@@ -36,7 +44,7 @@ from fedleak.attacks.simulate import (
 )
 from fedleak.errors import ConfigError
 
-INITS = ("random", "constant", "prior")
+INITS = ("random", "randn", "constant", "prior")
 FEDAVG_MODES = ("replay", "pseudo-gradient")
 SCHEDULES = ("step", "cosine", "constant")
 
@@ -191,6 +199,14 @@ def initial_images(inputs: AttackInputs, init: str, restarts: int, who: str) -> 
     return init_images(init, shape, inputs.generator(), prior)
 
 
+def retry_images(
+    inputs: AttackInputs, init: str, restarts: int
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``fresh`` for :func:`optimize`: new starts like :func:`initial_images` (after NaN/inf)."""
+    shape = (restarts, inputs.num_images, *inputs.image_shape)
+    return fresh_images(init, shape, inputs.seed, inputs.threat.prior)
+
+
 def attack_labels(inputs: AttackInputs, restarts: int, who: str) -> torch.Tensor:
     """Labels (R, N) for the simulator: granted or recovered by the front door."""
     if inputs.labels is None:
@@ -201,6 +217,29 @@ def attack_labels(inputs: AttackInputs, restarts: int, who: str) -> torch.Tensor
             f"{who}: {y.shape[1]} labels for {inputs.num_images} images; they must match."
         )
     return y.expand(restarts, -1)
+
+
+def fit_terms(
+    attack: Any,
+    inputs: AttackInputs,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    build: Any,
+) -> FitTerms:
+    """:meth:`Attack.objective_at` of a matching attack: ``build(setup, y)`` is the attack's own
+    objective builder (returning ``x -> (objective, residual)``, each (R,)), evaluated at R=1.
+    """
+    if labels is not None:
+        inputs = dataclasses.replace(inputs, labels=labels.reshape(-1).long())
+    y = attack_labels(inputs, 1, f"attack {attack.name!r}")
+    setup = matching_setup(
+        inputs, fedavg=attack.fedavg, layers=attack.layers, scheme=attack.layer_weights
+    )
+    f = build(setup, y)
+    x = images.reshape(1, inputs.num_images, *inputs.image_shape).detach()
+    with torch.no_grad():
+        obj, res = f(x)
+    return FitTerms(objective=float(obj[0]), residual=float(res[0]))
 
 
 def start_matching(
@@ -249,6 +288,7 @@ def finish(
         threat_level=inputs.threat.level,
         loss_history=res.history[:, best].tolist(),
         restart_losses=finite.tolist(),
+        restart_images=res.best["images"].clamp(0, 1).detach().clone(),
         best_restart=best,
         iterations=res.iterations,
         seconds=time.perf_counter() - start,
@@ -277,7 +317,8 @@ class InvertingGradients(Attack):
             Measured at 1,000 iterations (lfw-faces 32x32, ConvNet) for tv 1e-4 / 1e-3 / 1e-2:
             batch 4 17.3 / 20.7 / 23.4 dB, batch 1 63 / 58 / 49 dB: 1e-2 keeps batches apart
             at little cost for one image. Geiping's repos used 1e-4 (CIFAR) to 0.1-0.2.
-        init: "random" (uniform), "constant" (0.5 grey) or "prior" (threat.prior). Beware:
+        init: "random" (uniform), "randn" (standard normal, clamped into the box after the
+            first step), "constant" (0.5 grey) or "prior" (threat.prior). Beware:
             0.5 grey is a stationary point (all gradients zero) of models that normalize with
             mean 0.5 and have bias-free conv + BN layers, such as fedleak's ConvNet.
         layers: None (all tensors) or parameter-name prefixes / tensor indices to match.
@@ -302,22 +343,40 @@ class InvertingGradients(Attack):
         check_matching(self, tv=self.tv)
         object.__setattr__(self, "layers", normalize_layers(self.layers, f"attack {self.name!r}"))
 
+    def _objective(self, setup: MatchingSetup, y: torch.Tensor):  # noqa: ANN202
+        """The attack loss ``x -> (objective, residual)``, (R,) each: the one function that
+        :meth:`reconstruct` minimizes and :meth:`objective_at` evaluates."""
+        sim, target, weights, tv = setup.simulator, setup.target, setup.weights, self.tv
+
+        def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            match = gradient_distance(sim(x, y), target, metric="cosine", weights=weights)
+            loss = match
+            if tv:
+                loss = loss + tv * total_variation(x)
+            return loss, match
+
+        return objective
+
     def reconstruct(self, inputs: AttackInputs) -> Reconstruction:
         """Match the update's direction from R seeded starts at once."""
         start = time.perf_counter()
         x0, y, setup = start_matching(self, inputs)
-        sim, target, weights, tv = setup.simulator, setup.target, setup.weights, self.tv
+        f = self._objective(setup, y)
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
-            x = v["images"]
-            loss = gradient_distance(sim(x, y), target, metric="cosine", weights=weights)
-            if tv:
-                loss = loss + tv * total_variation(x)
-            return loss
+            return f(v["images"])[0]
 
         res = optimize(
             {"images": x0}, objective, inputs, iterations=self.iterations, lr=self.lr,
             signed=self.signed, schedule=self.schedule, project=clamp_images(),
+            fresh=retry_images(inputs, self.init, self.restarts), who=f"attack {self.name!r}",
         )
         extras = {**setup.extras, "restarts": self.restarts, "init": self.init, "tv": self.tv}
+        extras["retried"] = res.retried
         return finish(self, inputs, res, y, start, extras)
+
+    def objective_at(
+        self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None
+    ) -> FitTerms:
+        """1 - cosine + tv * TV at ``images``; residual: the cosine distance."""
+        return fit_terms(self, inputs, images, labels, self._objective)

@@ -2,8 +2,14 @@
 
 Variables carry a leading restart dimension R; the objective returns one loss per restart, so R
 restarts run as one vectorized computation. The loop keeps each restart's best candidate by
-attack loss (never by ground truth), syncs with the host only at checkpoints, and stops early on
-a non-finite loss in every restart.
+attack loss (never by ground truth); per iteration it reads back only the R losses and R
+finiteness flags (the callback's images only at checkpoints).
+
+Non-finite values are never returned silently: a restart whose loss or variable gradient goes
+NaN/inf is not recorded at that iterate, and is restarted from a fresh draw (``fresh``) up to
+``retries`` times (its best finite iterate so far is kept); a restart out of retries stops
+moving, and when no restart is left with a finite iterate the loop raises
+:class:`~fedleak.errors.AttackDivergedError` rather than hand back its random start.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from fedleak.attacks.base import AttackInputs, Checkpoint
-from fedleak.errors import ConfigError
+from fedleak.errors import AttackDivergedError, ConfigError
 
 Variables = dict[str, torch.Tensor]
+#: fresh starts per restart after a non-finite loss or gradient, before the restart is given up
+RETRIES = 3
 
 
 @dataclass
@@ -28,6 +36,7 @@ class OptimizationResult:
     history: torch.Tensor  # (iterations, R) loss per iteration
     iterations: int
     seconds: float
+    retried: int = 0  # fresh starts after a non-finite loss or gradient, over all restarts
 
 
 def lr_factor(schedule: str | None, it: int, total: int, warmup: int = 0) -> float:
@@ -59,6 +68,9 @@ def optimize(
     after_step: Callable[[Variables, int], None] | None = None,
     image_key: str = "images",
     decode: Callable[[Variables], torch.Tensor] | None = None,
+    fresh: Callable[[torch.Tensor], Variables] | None = None,
+    retries: int = RETRIES,
+    who: str = "the attack",
 ) -> OptimizationResult:
     """Minimize ``objective`` over ``variables`` with Adam.
 
@@ -68,6 +80,13 @@ def optimize(
         after_step: in-place update after each step (e.g. Langevin noise).
         decode: maps variables to images (R, N, C, H, W) for checkpoints (default: the
             ``image_key`` variable).
+        fresh: ``fresh(idx)`` draws new starting variables for the restarts ``idx`` (leading
+            dim ``len(idx)``), used when their loss or gradient goes non-finite; None: such a
+            restart is given up at once.
+        retries: fresh starts allowed per restart; ``who`` names the attack in the error.
+
+    Raises:
+        AttackDivergedError: no restart kept a finite loss with finite gradients.
     """
     if iterations < 1:
         raise ConfigError(f"`iterations` must be >= 1; got {iterations}.")
@@ -77,6 +96,9 @@ def optimize(
     history = torch.empty(iterations, r)
     best = {k: v.detach().clone() for k, v in leaves.items()}
     best_loss = torch.full((r,), float("inf"))
+    alive = torch.ones(r, dtype=torch.bool)
+    left = torch.full((r,), retries if fresh is not None else 0)
+    retried = 0
     decode = decode or (lambda v: v[image_key])
     start = time.perf_counter()
     done = 0
@@ -87,13 +109,37 @@ def optimize(
         loss = objective(leaves)  # (R,)
         loss.sum().backward()
         with torch.no_grad():
-            lv = loss.detach()
+            lv = loss.detach().cpu()
             history[it] = lv
-            improved = lv < best_loss  # NaN compares False: a diverged restart keeps its best
+            ok = torch.isfinite(lv)
+            for v in leaves.values():
+                if v.grad is not None:
+                    ok &= torch.isfinite(v.grad).flatten(1).all(1).cpu()
+            bad = alive & ~ok
+            ok &= alive
+            improved = ok & (lv < best_loss)
             best_loss = torch.where(improved, lv, best_loss)
             for k, v in leaves.items():
-                mask = improved.view(-1, *([1] * (v.ndim - 1)))
+                mask = improved.to(v.device).view(-1, *([1] * (v.ndim - 1)))
                 best[k] = torch.where(mask, v.detach(), best[k])
+            if bool(bad.any()):
+                retry = bad & (left > 0)
+                alive &= ~(bad & ~retry)
+                if bool(retry.any()):
+                    idx = torch.nonzero(retry).flatten()
+                    left[idx] -= 1
+                    retried += int(idx.numel())
+                    _restart_rows(opt, leaves, idx, fresh(idx))  # type: ignore[misc]
+                if not bool(alive.any()):
+                    raise AttackDivergedError(
+                        f"{who} diverged: the loss or image gradient of every restart went "
+                        f"NaN/inf at iteration {it + 1} ({retried} fresh starts tried); refusing "
+                        "to return an unoptimized candidate."
+                    )
+            for v in leaves.values():  # what diverged or was given up does not move
+                if v.grad is not None:
+                    stop = (~ok).to(v.device).view(-1, *([1] * (v.ndim - 1)))
+                    v.grad.masked_fill_(stop, 0.0)
             if signed:
                 for v in leaves.values():
                     if v.grad is not None:
@@ -106,18 +152,19 @@ def optimize(
                 project(leaves)
         done = it + 1
         if done % inputs.checkpoint_every == 0 or done == iterations:
-            finite = torch.isfinite(lv)
             current = float(best_loss.min())
             if inputs.progress is not None:
                 inputs.progress(done, current)
-            if inputs.callback is not None:
+            if inputs.callback is not None and bool(torch.isfinite(best_loss).any()):
                 i = int(best_loss.argmin())
                 with torch.no_grad():
                     imgs = decode({k: v[i : i + 1] for k, v in best.items()})[0]
                 inputs.callback(Checkpoint(iteration=done, loss=current, images=imgs.detach()))
-            if not bool(finite.any()):
-                history = history[:done]
-                break
+    if not bool(torch.isfinite(best_loss).any()):
+        raise AttackDivergedError(
+            f"{who} found no candidate with a finite loss and gradient in {done} iterations "
+            f"({retried} fresh starts tried); refusing to return an unoptimized candidate."
+        )
     # the final iterate has not been evaluated; the best so far is what we return
     return OptimizationResult(
         best=best,
@@ -125,7 +172,24 @@ def optimize(
         history=history[:done],
         iterations=done,
         seconds=time.perf_counter() - start,
+        retried=retried,
     )
+
+
+def _restart_rows(
+    opt: torch.optim.Adam, leaves: Variables, idx: torch.Tensor, new: Variables
+) -> None:
+    """Put fresh starting values into restarts ``idx`` and clear their Adam moments."""
+    for k, v in leaves.items():
+        rows = idx.to(v.device)
+        v[rows] = new[k].to(device=v.device, dtype=v.dtype)
+        if v.grad is not None:
+            v.grad[rows] = 0.0
+        state = opt.state.get(v)
+        if state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][rows] = 0.0
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -141,7 +205,10 @@ def init_images(
     generator: torch.Generator,
     prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Initial candidates of ``shape`` (R, N, C, H, W): "random", "constant" (0.5) or "prior"."""
+    """Initial candidates of ``shape`` (R, N, C, H, W).
+
+    "random" (uniform in [0, 1]), "randn" (standard normal), "constant" (0.5) or "prior".
+    """
     if kind == "random":
         return torch.rand(shape, generator=generator)
     if kind == "constant":
@@ -154,4 +221,30 @@ def init_images(
         return prior.reshape(1, 1, *shape[2:]).expand(shape).clone()
     if kind == "randn":
         return torch.randn(shape, generator=generator)
-    raise ConfigError(f"`init` must be 'random', 'constant' or 'prior'; got {kind!r}.")
+    raise ConfigError(
+        f"`init` must be 'random', 'randn', 'constant' or 'prior'; got {kind!r}."
+    )
+
+
+def fresh_images(
+    kind: str,
+    shape: tuple[int, ...],
+    seed: int,
+    prior: torch.Tensor | None = None,
+    noise: float = 0.1,
+) -> Callable[[torch.Tensor], Variables]:
+    """``fresh`` for :func:`optimize`: new ``images`` for the restarts ``idx``.
+
+    Draws come from their own generator (seeded from ``seed``), so retries never shift the
+    main run's random stream; deterministic inits ("constant", "prior") get ``noise`` so a
+    retry does not start from the very point that diverged.
+    """
+    gen = torch.Generator().manual_seed(seed + 7919)
+
+    def draw(idx: torch.Tensor) -> Variables:
+        x = init_images(kind, (int(idx.numel()), *shape[1:]), gen, prior)
+        if kind in ("constant", "prior") and noise > 0:
+            x = (x + noise * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+        return {"images": x}
+
+    return draw

@@ -240,9 +240,21 @@ def replay_steps(
                 m2[k] = (1 - b2) * d * d if k not in m2 else b2 * m2[k] + (1 - b2) * d * d
                 mh = m1[k] / (1 - b1**step)
                 vh = m2[k] / (1 - b2**step)
-                new[k] = p[k] - lr * mh / (vh.sqrt() + 1e-8)
+                new[k] = p[k] - lr * mh / (safe_sqrt(vh) + 1e-8)
         p = new
     return {k: p[k] - params[k] for k in p}, aux
+
+
+def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """``v.sqrt()`` for ``v >= 0`` with derivative 0 (not inf) where ``v == 0``.
+
+    Why: Adam's second moment is exactly 0 wherever a local gradient entry was exactly 0 (dead
+    ReLUs, unused rows at small batches); ``d sqrt(v) / dv`` is inf there and, times the zero
+    ``dv/dx``, NaN in the attack's image gradient. The values are sqrt's, bit for bit, and the
+    masked derivative is the true one of Adam's step (``v = d^2`` has ``dv/dd = 0`` at ``d = 0``).
+    """
+    pos = v > 0
+    return torch.where(pos, torch.where(pos, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
 
 
 def pseudo_gradient(update: ClientUpdate) -> Tensors:

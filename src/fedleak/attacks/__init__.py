@@ -6,6 +6,7 @@ from fedleak.attacks import diffusion as _diffusion  # noqa: F401  (diffusion-ig
 from fedleak.attacks import dlg as _dlg  # noqa: F401  (registers "dlg")
 from fedleak.attacks import gradinversion as _gradinversion  # noqa: F401  (registers it)
 from fedleak.attacks import inverting as _inverting  # noqa: F401  (inverting-gradients)
+from fedleak.attacks import spear as _spear  # noqa: F401  (registers "spear")
 from fedleak.attacks.base import (
     ATTACKS,
     Attack,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
 from fedleak.attacks.diffusion import gaussian_nll, resolve_prior
@@ -48,8 +49,15 @@ from fedleak.diffusion.schedule import NoiseSchedule, ddim_sample
 from fedleak.errors import ConfigError
 
 
-def prior_generator(prior: torch.nn.Module, steps: int | None) -> tuple[Any, int]:
-    """x_T (R, N, C, H, W) -> images (R, N, C, H, W) by K DDIM steps of ``prior``; and K."""
+def prior_generator(
+    prior: torch.nn.Module, steps: int | None, size: tuple[int, int]
+) -> tuple[Any, int]:
+    """x_T (R, N, C, h, w) -> images (R, N, C, H, W) by K DDIM steps of ``prior``; and K.
+
+    A prior trained at a lower resolution (cheaper to train and to run: every attack step
+    back-propagates through K UNet calls) is upsampled bilinearly to the clients' ``size``;
+    phase 2 then adds the detail at full resolution.
+    """
     meta = diffusion_meta(prior) or {}
     schedule = NoiseSchedule.from_spec(meta.get("schedule", "cosine:16"))
     prediction = meta.get("prediction", "v")
@@ -57,7 +65,10 @@ def prior_generator(prior: torch.nn.Module, steps: int | None) -> tuple[Any, int
 
     def generate(z: torch.Tensor) -> torch.Tensor:
         flat = z.reshape(-1, *z.shape[2:])
-        return ddim_sample(prior, flat, schedule, steps=k, prediction=prediction).reshape(z.shape)
+        x = ddim_sample(prior, flat, schedule, steps=k, prediction=prediction)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x.reshape(*z.shape[:2], *x.shape[1:])
 
     return generate, k
 
@@ -132,16 +143,19 @@ class GenerativePrior(Attack):
         """Phase 1 on the prior's starting noise, phase 2 on the pixels."""
         start = time.perf_counter()
         prior = resolve_prior(self.prior_model, f"attack {self.name!r}")
-        generate, k = prior_generator(prior, self.ddim_steps)
         r, n, shape = self.restarts, inputs.num_images, inputs.image_shape
-        prior_shape = (prior.config.in_channels, prior.config.image_size, prior.config.image_size)
-        if prior_shape != tuple(shape):
+        cfg = getattr(prior, "config", None)
+        size = getattr(cfg, "image_size", shape[1])
+        channels = getattr(cfg, "in_channels", shape[0])
+        if channels != shape[0] or size > min(shape[1:]):
             raise ConfigError(
-                f"`prior_model` of attack {self.name!r} makes {prior_shape} images; the clients' "
-                f"are {tuple(shape)}. Train the prior on public images of that shape."
+                f"`prior_model` of attack {self.name!r} makes {channels}x{size}x{size} images; "
+                f"the clients' are {'x'.join(map(str, shape))}: train the prior on public images "
+                "with as many channels, at most as large."
             )
+        generate, k = prior_generator(prior, self.ddim_steps, tuple(shape[1:]))
         objective, y, extras = self._objective(inputs, r)
-        z0 = torch.randn((r, n, *shape), generator=inputs.generator())
+        z0 = torch.randn((r, n, channels, size, size), generator=inputs.generator())
         z0 = z0.to(next(inputs.model.parameters()).device)
         lp = self.latent_prior
 

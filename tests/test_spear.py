@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from fedleak.api import attack, observe, score
+from fedleak.data import load_dataset
 from fedleak.errors import ConfigError
 from fedleak.models import build_model
 
@@ -35,6 +36,16 @@ def test_spear_recovers_a_batch_exactly(n: int) -> None:
     assert score(rec, images)["psnr"] > 60
     assert rec.extras["relu_mismatch"] == 0.0 and rec.extras["residual"] < 1e-5
     assert rec.fit is not None and rec.fit.verdict == "fits"
+
+
+def test_spear_recovers_similar_faces() -> None:
+    """Real faces share most inactive units: mixes of two faces' directions are nearly as
+    sparse as a face's own, and only directions with maximal zero sets may be faces."""
+    ds = load_dataset("lfw-faces", size=SHAPE[1], split="all")
+    images, labels = ds.images[ds.labels == 0][:8].clone(), torch.arange(8)
+    model = _mlp()
+    rec = attack("spear", model, observe(model, images, labels))
+    assert score(rec, images)["psnr"] > 60
 
 
 def test_spear_separates_what_analytic_cannot() -> None:
@@ -67,6 +78,9 @@ def test_spear_refuses_where_exactness_fails() -> None:
         attack("spear", model, update, num_images=5)
     with pytest.raises(ConfigError, match="trials"):  # budget too small for batch 8
         attack("spear", model, observe(model, images[:8], labels[:8]), trials=8)
+    binary = build_model("mlp", input_shape=SHAPE, num_classes=2)  # one upstream direction
+    with pytest.raises(ConfigError, match="single the images out"):
+        attack("spear", binary, observe(binary, images[:8], labels[:8] % 2))
     fedavg = observe(model, images[:4], labels[:4], protocol="fedavg", lr=0.1, local_steps=2)
     with pytest.raises(ConfigError, match="gradient"):
         attack("spear", model, fedavg)

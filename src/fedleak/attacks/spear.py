@@ -18,6 +18,11 @@ layer (weight and bias) and reproduce the zero pattern of dZ through the known g
 refuses with one line: batch larger than the layer allows, a non-ReLU activation, a search that
 ran out of trials (the cost grows about as 2^N), or an update that is not a plain gradient.
 
+Known limit: with 2 classes every image's upstream gradient is a multiple of the same vector, so
+dZ's rows are one vector times 0/1 activation patterns, and differences of two images'
+directions are as sparse as the images' own; the search then finds far more sparse directions
+than images, none of whose N-subsets verifies, and the attack refuses.
+
 Labels are not needed and none are returned. Knowledge: the architecture (level B) and the
 batch size (``num_images``, level C or passed explicitly).
 """
@@ -37,6 +42,8 @@ from fedleak.attacks.fit import FitTerms
 from fedleak.errors import ConfigError, UpdateError
 
 _CALLER = "attack 'spear'"
+#: refuse once the search holds this many sparse directions per image (see the module docs)
+_MAX_POOL = 100
 
 
 def _next_module(model: nn.Module, layer: nn.Module) -> nn.Module | None:
@@ -71,7 +78,7 @@ def sparse_directions(
 
     ``unit`` (m, n) is the row-normalized left factor of the gradient, ``live`` the rows some
     image reaches. Returns the unit directions (K, n) whose ``unit @ q`` has clearly more zeros
-    than the n-1 forced ones, picked in general position, and their zero counts (K,).
+    than the n-1 forced ones, picked in general position, and their zero rows (K, live).
     """
     keys = torch.rand(k, live.numel(), generator=generator)
     pick = live[keys.argsort(dim=1)[:, : n - 1].to(live.device)]  # (k, n-1) random rows
@@ -79,24 +86,33 @@ def sparse_directions(
     sv_, vh = torch.linalg.svd(sub, full_matrices=True)[1:]
     q = vh[:, -1, :]  # (k, n) null vector of each pick
     general = sv_[:, -1] > 1e-8 * sv_[:, 0] if n > 2 else torch.ones(k, dtype=torch.bool)
-    zeros = ((unit[live] @ q.T).abs() < zero_tol).sum(0)  # (k,) zero live rows
+    is_zero = (unit[live] @ q.T).abs() < zero_tol  # (live, k)
+    zeros = is_zero.sum(0)  # (k,) zero live rows
     # a true image zeroes a fair share of the units; chance structure (rows that only one or
     # two images reach are parallel, so one of them in a pick zeroes its twins) stays below
     need = (n - 1) + max(2, live.numel() // 8)
     keep = general & (zeros >= need)
     q = q[keep]
     q = q * torch.sign(q.gather(1, q.abs().argmax(1, keepdim=True)))
-    return q, zeros[keep]
+    return q, is_zero[:, keep].T.contiguous()
 
 
-def independent_set(dirs: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor | None:
-    """The n directions, by decreasing zero count, each outside the span of those before.
+def independent_set(dirs: torch.Tensor, zeros: torch.Tensor, n: int) -> torch.Tensor | None:
+    """n directions with maximal zero sets, by decreasing zero count, linearly independent.
 
-    A spurious direction (zeros shared by two images) lies in the span of those two images'
-    directions, which have at least as many zeros, so it comes after them and is skipped.
+    A spurious direction (a mix of two images' directions) is zero only where both images
+    are, so its zero set ``zeros`` (K, live) lies inside each image's: only directions whose
+    zero set no other contains can be images. (Similar faces share most inactive units, so
+    counts alone do not separate them.)
     """
+    z = zeros.float()
+    inside = (z @ (1 - z).T) == 0  # inside[a, b]: zeros of a are a subset of zeros of b
+    counts = zeros.sum(1)
+    dominated = (inside & (counts[:, None] < counts[None, :])).any(1)
     chosen: list[torch.Tensor] = []
     for i in counts.argsort(descending=True).tolist():
+        if bool(dominated[i]):
+            continue
         q = dirs[i]
         if chosen:
             basis = torch.linalg.qr(torch.stack(chosen).T).Q  # (n, len)
@@ -121,13 +137,15 @@ def relu_mismatch(
     return float((nonzero & (pre < -1e-6 * pre.abs().max())).double().mean())
 
 
-def _dedupe(dirs: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct unit directions (|cos| < 1 - 1e-6), keeping the first of each."""
-    keep: list[int] = []
-    for i in range(dirs.shape[0]):
-        if not keep or float((dirs[keep] @ dirs[i]).abs().max()) < 1 - 1e-6:
-            keep.append(i)
-    return dirs[keep], counts[keep]
+def _merge(
+    pool: torch.Tensor, zeros: torch.Tensor, new: torch.Tensor, new_zeros: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pool with the new unit directions that are not already in it (|cos| < 1 - 1e-6)."""
+    for q, z in zip(new, new_zeros, strict=True):
+        if pool.shape[0] and float((pool @ q).abs().max()) >= 1 - 1e-6:
+            continue
+        pool, zeros = torch.cat([pool, q[None]]), torch.cat([zeros, z[None]])
+    return pool, zeros
 
 
 def _solve(
@@ -209,34 +227,44 @@ class Spear(Attack):
         live = torch.nonzero(scale > 1e-12 * scale.max()).flatten()  # rows some image reaches
         unit = low / scale.clamp_min(1e-300)[:, None]  # zero tests relative to each row
         w0, b0 = layer.weight.detach().double(), layer.bias.detach().double()
-        pool_q: list[torch.Tensor] = []
-        pool_c: list[torch.Tensor] = []
-        used, found, best = 0, 0, (float("inf"), 1.0)
+        pool = torch.zeros(0, n, dtype=low.dtype, device=low.device)
+        zeros = torch.zeros(0, live.numel(), dtype=torch.bool, device=low.device)
+        used, grown_at, tried = 0, 0, 0
+        best = (float("inf"), 1.0)
         result = None
         while used < self.trials and live.numel() >= n:
             k = min(4096, self.trials - used)
             used += k
             q, c = sparse_directions(unit, live, n, k, gen)
-            if not q.shape[0]:
+            size = pool.shape[0]
+            pool, zeros = _merge(pool, zeros, q, c)
+            if pool.shape[0] > size:
+                grown_at = used
+            elif used - grown_at > max(8 * 4096, grown_at):
+                break  # as many trials again found nothing new: the pool is complete
+            if pool.shape[0] > _MAX_POOL * n:
+                break  # far more sparse directions than images: the zeros do not single them out
+            if pool.shape[0] == tried:
                 continue
-            pool_q.append(q)
-            pool_c.append(c)
-            dirs, counts = _dedupe(torch.cat(pool_q), torch.cat(pool_c))
-            pool_q, pool_c = [dirs], [counts]
-            if dirs.shape[0] == found:
-                continue
-            found = dirs.shape[0]
-            chosen = independent_set(dirs, counts, n)
+            tried = pool.shape[0]
+            chosen = independent_set(pool, zeros, n)
             if chosen is None:
                 continue
             out = _solve(low, right, g_w, g_b, chosen.T, w0, b0)
             if out is None:
                 continue
-            dz, xs, residual, mismatch = out
+            _, xs, residual, mismatch = out
             best = min(best, (residual, mismatch), key=lambda t: t[1])
             if residual <= self.tolerance and mismatch <= 1e-3:
-                result = (xs, residual, mismatch, found)
+                result = (xs, residual, mismatch, pool.shape[0])
                 break
+        found = pool.shape[0]
+        if result is None and found > _MAX_POOL * n:
+            raise ConfigError(
+                f"{_CALLER} found {found} sparse directions for {n} images in {name!r}: the ReLU "
+                "zeros do not single the images out (e.g. a 2-class model, whose images all "
+                "share one upstream gradient direction); no exact recovery, refused."
+            )
         if result is None:
             raise ConfigError(
                 f"{_CALLER} found {found} sparse directions in {used} trials but no {n} that "

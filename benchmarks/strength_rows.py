@@ -1,8 +1,9 @@
 """Attack-strength rows of ``benchmarks/attack_quality.py`` (issue 16), each with its target.
 
-* ``spear``: an MLP (Normalize-Flatten-Linear(1024, 256)-ReLU-Linear(256, 2)) on lfw-faces
-  32x32 grey, FedSGD, batch 8 and 16: exact recovery, target >= 60 dB; and two refusals that
-  must happen (batch 16 through a 12-unit layer; a tanh layer).
+* ``spear``: an MLP (Normalize-Flatten-Linear(1024, 256)-ReLU-Linear(256, 10)) on lfw-faces
+  32x32 grey, FedSGD, batch 8 and 16 (labels i mod 10): exact recovery, target >= 60 dB; and
+  three refusals that must happen (batch 16 through a 12-unit layer; a tanh layer; a 2-class
+  head, whose images share one upstream gradient direction).
 * ``generative``: the generative-prior attack (level D) on 4 test-split faces, ConvNet
   32-64-128-128 with BN in eval mode, FedSGD, labels granted, both heads; target >= 20 dB. The
   prior is a 16x16 UNet trained on the 80 train-split faces (never the attacked ones), cached in
@@ -58,20 +59,20 @@ def spear_rows() -> list[Row]:
     rows: list[Row] = []
     for n in (8, 16):
         torch.manual_seed(0)
-        model = build_model("mlp", input_shape=(1, SIZE, SIZE), num_classes=2)
-        truth, labels = faces[:n].clone(), torch.arange(n) % 2
+        model = build_model("mlp", input_shape=(1, SIZE, SIZE), num_classes=10)
+        truth, labels = faces[:n].clone(), torch.arange(n) % 10
         update = fedleak.observe(model, truth, labels)
         start = time.perf_counter()
         rec = fedleak.attack("spear", model, update)
         r = _scored(rec, truth, time.perf_counter() - start)
         rows.append((f"mlp-b{n}", "spear", r, ">= 60 dB", _verdict(r["psnr"] >= 60)))
-    truth, labels = faces[:16].clone(), torch.arange(16) % 2
-    for tag, opts in (("mlp-narrow-b16", {"hidden": (12,)}),
-                      ("mlp-tanh-b4", {"activation": "tanh"})):
+    truth = faces[:16].clone()
+    for tag, n, classes, opts in (("mlp-narrow-b16", 16, 10, {"hidden": (12,)}),
+                                  ("mlp-tanh-b4", 4, 10, {"activation": "tanh"}),
+                                  ("mlp-2class-b8", 8, 2, {})):
         torch.manual_seed(0)
-        model = build_model("mlp", input_shape=(1, SIZE, SIZE), num_classes=2, **opts)
-        n = 4 if "tanh" in tag else 16
-        update = fedleak.observe(model, truth[:n], labels[:n])
+        model = build_model("mlp", input_shape=(1, SIZE, SIZE), num_classes=classes, **opts)
+        update = fedleak.observe(model, truth[:n], torch.arange(n) % classes)
         try:
             fedleak.attack("spear", model, update)
             rows.append((tag, "spear", None, "refuses", "missed (returned images)"))

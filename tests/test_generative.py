@@ -52,6 +52,9 @@ def test_generative_prior_beats_pixel_matching_at_equal_iterations(faces, prior)
     assert rec.images.shape == images.shape and rec.iterations == 60
     assert rec.extras["phase1_images"].shape == images.shape
     assert rec.fit is not None and rec.fit.attack_residual < 0.5
+    only1 = attack("generative-prior", model, update, threat=threat, prior_model=prior,
+                   phase1_iterations=5, iterations=0, restarts=2)  # fmt: skip
+    assert only1.iterations == 5 and torch.equal(only1.images, only1.extras["phase1_images"])
     ig = attack("inverting-gradients", model, update, threat=threat, iterations=60)
     s, s_ig = score(rec, images), score(ig, images)
     assert s["psnr"] > s["flat_psnr"] + 1.5  # measured 18.1 vs flat 15.0

@@ -47,7 +47,7 @@ def test_generative_prior_beats_pixel_matching_at_equal_iterations(faces, prior)
     threat = ThreatModel("D", labels=labels)
     rec = attack(
         "generative-prior", model, update, threat=threat, prior_model=prior,
-        phase1_iterations=40, iterations=20, restarts=1, truth=(images, labels),
+        phase1_iterations=40, iterations=20, lr=0.01, restarts=1, truth=(images, labels),
     )  # fmt: skip
     assert rec.images.shape == images.shape and rec.iterations == 60
     assert rec.extras["phase1_images"].shape == images.shape

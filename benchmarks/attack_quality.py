@@ -230,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--shuffled", type=int, default=300, help="iterations of the shuffled-client row (0: skip)"
     )
+    ap.add_argument("--strength", nargs="*", choices=["spear", "generative"], default=None,
+                    help="also the issue-16 rows (benchmarks/strength_rows.py); "
+                    "'--settings none' skips the rows above")
+    ap.add_argument("--breaching", action="store_true",
+                    help="breaching's harness side by side with fedleak IG (4 settings)")
     args = ap.parse_args(argv)
     iterations = args.iterations or (100 if args.quick else 1000)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +315,21 @@ def main(argv: list[str] | None = None) -> None:
         gain = found[(sname, a)]["psnr"] - found[(sname, b)]["psnr"]
         print(f"\n{a} - {b} on {sname}: {gain:+.2f} dB (target >= +{margin:g}: "
               f"{'met' if gain >= margin else 'NOT met'})")
+    if args.strength is not None or args.breaching:
+        strength(args, iterations)
+
+
+def strength(args: argparse.Namespace, iterations: int) -> None:
+    """The issue-16 rows: spear, generative-prior, breaching side by side, with targets."""
+    import strength_rows as sr
+
+    kinds = args.strength if args.strength else ["spear", "generative"]
+    rows = sr.spear_rows() if "spear" in kinds and args.strength is not None else []
+    if "generative" in kinds and args.strength is not None:
+        rows += sr.generative_rows(args.out, victim, quick=args.quick)
+    if args.breaching:
+        rows += sr.breaching_rows(victim, iterations)
+    sr.print_rows(rows)
 
 
 if __name__ == "__main__":

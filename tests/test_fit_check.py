@@ -147,6 +147,25 @@ def _case(name: str, faces, tmp_path) -> dict:
         update = fedleak.observe(model, x[:1], y[:1])
         return {"model": model, "update": update, "x": x[:1], "y": y[:1], "options": {},
                 "threat": ThreatModel()}
+    if name == "spear":  # an MLP with a leading ReLU layer, 10 classes, FedSGD
+        torch.manual_seed(0)
+        model = build_model("mlp", input_shape=(1, SIZE, SIZE), num_classes=10)
+        labels = torch.tensor([3, 7])
+        update = fedleak.observe(model, x[:2], labels)
+        return {"model": model, "update": update, "x": x[:2], "y": labels, "options": {},
+                "threat": ThreatModel()}
+    if name == "generative-prior":  # a 2-step prior, 2 DDIM steps: the plumbing, not quality
+        from fedleak.diffusion import UNetConfig, train_prior
+
+        cfg = UNetConfig(image_size=8, channels=8, mults=(1, 2), groups=4, num_timesteps=16)
+        small = torch.nn.functional.interpolate(x, size=(8, 8), mode="area")
+        prior = train_prior(small, config=cfg, steps=2, batch_size=4)
+        model = convnet()
+        update = fedleak.observe(model, x[:2], y[:2])
+        return {"model": model, "update": update, "x": x[:2], "y": y[:2],
+                "options": {"prior_model": prior, "phase1_iterations": 2, "iterations": 2,
+                            "restarts": 1, "ddim_steps": 2},
+                "threat": ThreatModel("D", labels=y[:2])}
     if name == "dlg":
         model = lenet()
         update = fedleak.observe(model, x[:1], y[:1])

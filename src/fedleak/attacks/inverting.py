@@ -35,6 +35,7 @@ from fedleak.attacks.optimize import (
     optimize,
     total_variation,
 )
+from fedleak.attacks.selection import check_select, pick_restart
 from fedleak.attacks.simulate import (
     Tensors,
     UpdateSimulator,
@@ -276,11 +277,12 @@ def finish(
     labels: torch.Tensor,
     start: float,
     extras: dict[str, Any],
+    best: int | None = None,
 ) -> Reconstruction:
-    """Pick the restart with the lowest attack loss and package the result."""
+    """Pick the restart with the lowest attack loss (or ``best``) and package the result."""
     losses = res.best_loss
     finite = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, float("inf")))
-    best = int(finite.argmin())
+    best = int(finite.argmin()) if best is None else best
     return Reconstruction(
         images=res.best["images"][best].clamp(0, 1).detach().clone(),
         labels=labels[best].clone(),
@@ -324,6 +326,8 @@ class InvertingGradients(Attack):
         layers: None (all tensors) or parameter-name prefixes / tensor indices to match.
         layer_weights: "equal" or "linear" (first layer 1, decaying), as in Geiping's code.
         fedavg: "replay" (re-run the client's local steps) or "pseudo-gradient".
+        select: which restart to return: "loss" (lowest attack loss) or "consistency" (the
+            restart closest to the others, :mod:`fedleak.attacks.selection`).
     """
 
     iterations: int = 1000
@@ -336,11 +340,13 @@ class InvertingGradients(Attack):
     layers: LayerSpec = None
     layer_weights: str = "equal"
     fedavg: str = "replay"
+    select: str = "loss"
 
     requires = frozenset({"architecture", "training_details"})
 
     def __post_init__(self) -> None:
         check_matching(self, tv=self.tv)
+        check_select(self.select, f"attack {self.name!r}")
         object.__setattr__(self, "layers", normalize_layers(self.layers, f"attack {self.name!r}"))
 
     def _objective(self, setup: MatchingSetup, y: torch.Tensor):  # noqa: ANN202
@@ -373,7 +379,8 @@ class InvertingGradients(Attack):
         )
         extras = {**setup.extras, "restarts": self.restarts, "init": self.init, "tv": self.tv}
         extras["retried"] = res.retried
-        return finish(self, inputs, res, y, start, extras)
+        best = pick_restart(res.best["images"], res.best_loss, self.select)
+        return finish(self, inputs, res, y, start, {**extras, "select": self.select}, best)
 
     def objective_at(
         self, inputs: AttackInputs, images: torch.Tensor, labels: torch.Tensor | None

@@ -26,6 +26,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -190,6 +191,41 @@ def _separable_inputs(
     return None, len(groups)
 
 
+def closed_form_result(
+    attack: Attack,
+    inputs: AttackInputs,
+    xs: torch.Tensor,
+    norm: Any,
+    residual: float,
+    *,
+    iterations: int,
+    start: float,
+    extras: dict[str, Any],
+) -> Reconstruction:
+    """Package inputs recovered in closed form (N, D), in the layer's input space, as images.
+
+    ``norm``: the model's input normalization (undone here), or None. The residual is the
+    attack's only loss value.
+    """
+    images = xs.reshape(inputs.num_images, *inputs.image_shape)
+    if norm is not None:
+        images = images * norm.std.double() + norm.mean.double()
+    images = images.to(torch.get_default_dtype()).clamp(0, 1)
+    return Reconstruction(
+        images=images,
+        labels=None,
+        attack=attack.name,
+        threat_level=inputs.threat.level,
+        loss_history=[residual],
+        restart_losses=[residual],
+        best_restart=0,
+        iterations=iterations,
+        seconds=time.perf_counter() - start,
+        label_method="none",
+        extras=extras,
+    )
+
+
 @register_attack("analytic")
 @dataclass(frozen=True)
 class Analytic(Attack):
@@ -264,20 +300,7 @@ class Analytic(Attack):
                 f"gradient of {name!r} unexplained (more than {n} images, or noise on the update); "
                 "refusing an inexact recovery."
             )
-        images = xs.reshape(n, *shape)
-        if norm is not None:
-            images = images * norm.std.double() + norm.mean.double()
-        images = images.to(torch.get_default_dtype()).clamp(0, 1)
-        return Reconstruction(
-            images=images,
-            labels=None,
-            attack=self.name,
-            threat_level=inputs.threat.level,
-            loss_history=[residual],
-            restart_losses=[residual],
-            best_restart=0,
-            iterations=1,
-            seconds=time.perf_counter() - start,
-            label_method="none",
+        return closed_form_result(
+            self, inputs, xs, norm, residual, iterations=1, start=start,
             extras={"layer": name, "residual": residual, "separable_images": groups},
         )

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedleak.attacks.analytic import leading_linear
+from fedleak.attacks.analytic import closed_form_result, leading_linear
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
 from fedleak.attacks.fit import FitTerms
 from fedleak.errors import ConfigError, UpdateError
@@ -275,21 +275,8 @@ class Spear(Attack):
                 "few inactive units. Raise `trials` or use an optimization attack."
             )
         xs, residual, mismatch, found = result
-        images = xs.reshape(n, *shape)
-        if norm is not None:
-            images = images * norm.std.double() + norm.mean.double()
-        images = images.to(torch.get_default_dtype()).clamp(0, 1)
-        return Reconstruction(
-            images=images,
-            labels=None,
-            attack=self.name,
-            threat_level=inputs.threat.level,
-            loss_history=[residual],
-            restart_losses=[residual],
-            best_restart=0,
-            iterations=used,
-            seconds=time.perf_counter() - start,
-            label_method="none",
+        return closed_form_result(
+            self, inputs, xs, norm, residual, iterations=used, start=start,
             extras={
                 "layer": name,
                 "residual": residual,

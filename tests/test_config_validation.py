@@ -56,3 +56,16 @@ def test_recorded_batch_size_is_what_ran() -> None:
         batch_size=50, local_steps=1, lr=0.1,
     )
     assert update.training.batch_size == 3 and update.training.batch_sizes == (3,)
+
+
+def test_sweep_takes_set_overrides(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedleak.cli.app import app
+
+    config = EXAMPLE.parent / "sweep-default.yaml"
+    r = CliRunner().invoke(
+        app, ["--quiet", "sweep", str(config), "--set", "fl.rounds=0", "--out", str(tmp_path)]
+    )
+    assert r.exit_code == 2 and "rounds" in r.output, r.output
+    assert not (tmp_path / "config.json").exists()

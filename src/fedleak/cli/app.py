@@ -467,6 +467,10 @@ def _write_report(run_dir: Path) -> Path | None:
 @friendly
 def sweep(
     config: Annotated[Path, typer.Argument(help="YAML or TOML sweep config.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config field: section.key=value (repeatable)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Sweep folder.")] = Path("fedleak-runs/sweep"),
     resume: Annotated[bool, typer.Option(help="Skip cells already in OUT/sweep.jsonl.")] = False,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 2,
@@ -487,7 +491,8 @@ def sweep(
 
     if workers < 1:
         raise ConfigError(f"`--workers` must be >= 1; got {workers}.")
-    cfg = load_sweep_config(config, engine_overrides(engine, ray_address, "local|ray"))
+    overrides = [*(set_ or []), *engine_overrides(engine, ray_address, "local|ray")]
+    cfg = load_sweep_config(config, overrides)
     with engine_progress("cells") as status:
         summary = run_sweep(cfg, out, resume=resume, workers=workers, log=log, status=status)
     if report:

@@ -411,6 +411,10 @@ def audit(
     ] = None,
 ) -> None:
     """Run a federation from a config and audit its leakage per round and per client."""
+    from fedleak._config_io import read_config_file
+
+    if config is not None:  # a missing or broken file answers before PyTorch is imported
+        read_config_file(config, "audit config")
     from fedleak.audit import load_config, run_audit
 
     overrides = engine_overrides(engine, ray_address, "local|ray|flower") + list(set_ or [])
@@ -487,10 +491,13 @@ def sweep(
     ] = None,
 ) -> None:
     """Defenses x hyperparameters x seeds: privacy-utility curves (seed 001's study)."""
-    from fedleak.sweep import load_sweep_config, run_sweep
+    from fedleak._config_io import read_config_file
 
     if workers < 1:
         raise ConfigError(f"`--workers` must be >= 1; got {workers}.")
+    read_config_file(config, "sweep config")  # answers before PyTorch is imported
+    from fedleak.sweep import load_sweep_config, run_sweep
+
     overrides = [*(set_ or []), *engine_overrides(engine, ray_address, "local|ray")]
     cfg = load_sweep_config(config, overrides)
     with engine_progress("cells") as status:

@@ -27,9 +27,9 @@ import torch
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
 from fedleak.attacks.optimize import OptimizationResult, init_images, optimize, total_variation
 from fedleak.attacks.simulate import (
+    CosineDistance,
     Tensors,
     UpdateSimulator,
-    gradient_distance,
     layer_weights,
     pseudo_gradient,
 )
@@ -298,11 +298,12 @@ class InvertingGradients(Attack):
         """Match the update's direction from R seeded starts at once."""
         start = time.perf_counter()
         x0, y, setup = start_matching(self, inputs)
-        sim, target, weights, tv = setup.simulator, setup.target, setup.weights, self.tv
+        sim, tv = setup.simulator, self.tv
+        distance = CosineDistance(setup.target, setup.weights)  # target side computed once
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
             x = v["images"]
-            loss = gradient_distance(sim(x, y), target, metric="cosine", weights=weights)
+            loss = distance(sim(x, y))
             if tv:
                 loss = loss + tv * total_variation(x)
             return loss

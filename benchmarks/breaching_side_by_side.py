@@ -1,0 +1,159 @@
+"""fedleak's Inverting Gradients vs breaching 0.1.2's, side by side on the same problem.
+
+Why: breaching is the reference implementation users compare against; an IG iteration of
+fedleak should cost no more than one of breaching on the same model, images and gradient. The
+problem comes from the peer harness (``../shared/peer-breaching/setting.py``: untrained ConvNet
+32-64-128-128 with BN in eval mode, lfw faces 32x32 grey, one FedSGD gradient, labels given).
+breaching runs in its own venv as a subprocess (``run_breaching_threads.py --threads 1``),
+fedleak in this process with 1 thread, alternately, so both see the same machine load.
+
+Two clocks: wall ms/iter (attack wall time / iterations, breaching's definition) and CPU
+ms/iter (the process's CPU time over the attack / iterations). On a shared machine the CPU
+clock is the fair one (a 1-thread run's CPU time barely moves when other processes run);
+ratios are medians over rounds. PSNR: the harness's metric (Hungarian pairing, [0, 1]).
+Also timed: fedleak with 4 batched restarts against 1 restart on the same problem.
+
+    python benchmarks/breaching_side_by_side.py                      # 300 iterations, 3 rounds
+    python benchmarks/breaching_side_by_side.py --iterations 100 --rounds 1 --batches 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fedleak
+from fedleak.fl.threat import ThreatModel
+from fedleak.fl.update import ClientUpdate
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PEER = ROOT.parent / "shared" / "peer-breaching"
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def load_setting(peer: Path) -> Any:
+    """The harness's setting.py (data, model, gradient, metric), imported from ``peer``."""
+    if not (peer / "setting.py").is_file():
+        raise SystemExit(f"no peer harness at {peer} (expected setting.py); pass --peer DIR")
+    sys.path.insert(0, str(peer))
+    import setting  # type: ignore[import-not-found]
+
+    return setting
+
+
+def run_breaching(peer: Path, python: str, batch: int, head: str, iterations: int,
+                  tv: float | None) -> dict[str, Any]:
+    """One breaching run (1 thread) as a subprocess; its JSON line plus CPU ms/iter."""
+    cmd = [python, str(peer / "run_breaching_threads.py"), "--threads", "1", "--batch",
+           str(batch), "--head", head, "--iterations", str(iterations), "--wait-idle", "0",
+           "--retries", "0"]
+    if tv is not None:
+        cmd += ["--tv", repr(tv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"breaching run failed ({out.returncode}): {out.stderr[-600:]}")
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    n = max(1, d["iterations_run"])
+    return {"ms": d["ms_per_iter"], "cpu_ms": 1000 * d["own_cpu_cores"] * d["attack_wall_s"] / n,
+            "psnr": d["psnr"], "tv": d["tv"]}
+
+
+def run_fedleak(setting: Any, batch: int, head: str, iterations: int, restarts: int,
+                tv: float | None) -> dict[str, Any]:
+    """One fedleak IG run (1 thread) on the harness's problem."""
+    problem = setting.make_problem(batch, head)  # sets the harness's threads: reset below
+    torch.set_num_threads(1)
+    model = problem["model"]
+    names = [n for n, _ in model.named_parameters()]
+    update = ClientUpdate(kind="gradient", tensors=dict(zip(names, problem["gradients"],
+                                                            strict=True)), num_samples=batch)
+    options: dict[str, Any] = {"iterations": iterations, "restarts": restarts}
+    if tv is not None:
+        options["tv"] = tv
+    setting.seed_attack()
+    t0, c0 = time.perf_counter(), _cpu_s()
+    rec = fedleak.attack("inverting-gradients", model, update,
+                         threat=ThreatModel(labels=problem["y"]), num_images=batch,
+                         image_shape=(1, setting.IMAGE_SIZE, setting.IMAGE_SIZE), **options)
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    n = max(1, rec.iterations)
+    return {"ms": 1000 * wall / n, "cpu_ms": 1000 * cpu / n,
+            "psnr": setting.psnr_hungarian(rec.images, problem["x"])["psnr"],
+            "tv": rec.extras.get("tv")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--head", default="gap", choices=["gap", "flatten"])
+    ap.add_argument("--tv", type=float, default=None,
+                    help="TV weight for both tools (default: each tool's own IG default)")
+    ap.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="the peer harness folder")
+    ap.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON",
+                                                            "/tmp/peer-venv/bin/python"))
+    args = ap.parse_args(argv)
+    setting = load_setting(args.peer)
+    if not Path(args.peer_python).exists():
+        raise SystemExit(f"no breaching venv python at {args.peer_python} (see the harness "
+                         "README: bash setup.sh); pass --peer-python")
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, {args.iterations} iterations, head "
+          f"{args.head}, {args.rounds} alternating round(s)", flush=True)
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for rnd in range(args.rounds):
+        for b in args.batches:
+            order = ["breaching", "fedleak", "fedleak R=4"]
+            if rnd % 2:
+                order.reverse()
+            for tool in order:
+                if tool == "breaching":
+                    r = run_breaching(args.peer, args.peer_python, b, args.head,
+                                      args.iterations, args.tv)
+                else:
+                    r = run_fedleak(setting, b, args.head, args.iterations,
+                                    4 if tool.endswith("R=4") else 1, args.tv)
+                runs.setdefault((b, tool), []).append(r)
+                print(f"  round {rnd} batch {b} {tool:<12} {r['ms']:7.1f} wall-ms/it "
+                      f"{r['cpu_ms']:7.1f} cpu-ms/it  PSNR {r['psnr']:.2f} dB", flush=True)
+
+    def med(b: int, tool: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[(b, tool)])
+
+    def ratio(b: int, num: str, den: str, key: str) -> float:
+        return statistics.median(n[key] / d[key] for n, d in zip(runs[(b, num)], runs[(b, den)],
+                                                                 strict=True))
+
+    print("\nbatch tool          wall ms/it  cpu ms/it  PSNR dB   TV")
+    for b in args.batches:
+        for tool in ("breaching", "fedleak", "fedleak R=4"):
+            tv = runs[(b, tool)][0]["tv"]
+            print(f"{b:5d} {tool:<12} {med(b, tool, 'ms'):11.1f} {med(b, tool, 'cpu_ms'):10.1f} "
+                  f"{med(b, tool, 'psnr'):8.2f}  {tv}")
+    print("\nratios (median over rounds of per-round ratios)")
+    for b in args.batches:
+        print(f"batch {b}: fedleak / breaching per iteration: wall "
+              f"{ratio(b, 'fedleak', 'breaching', 'ms'):.2f}x, cpu "
+              f"{ratio(b, 'fedleak', 'breaching', 'cpu_ms'):.2f}x;  fedleak 4 restarts / 1: wall "
+              f"{ratio(b, 'fedleak R=4', 'fedleak', 'ms'):.2f}x, cpu "
+              f"{ratio(b, 'fedleak R=4', 'fedleak', 'cpu_ms'):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

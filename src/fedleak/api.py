@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from fedleak.attacks import (
 )
 from fedleak.attacks.fit import FitCheck, verdict
 from fedleak.attacks.labels import last_linear
+from fedleak.device import attack_precision, device_of, resolve_device
 from fedleak.errors import ConfigError, UpdateError
 from fedleak.fl.client import local_update
 from fedleak.fl.threat import ThreatModel
@@ -26,15 +28,47 @@ from fedleak.fl.update import ClientUpdate
 
 
 def observe(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **training: Any
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: str | torch.device | None = None,
+    **training: Any,
 ) -> ClientUpdate:
     """The update a server would receive from a client holding ``images`` and ``labels``.
 
     Keyword arguments are those of :func:`fedleak.fl.local_update` (``protocol="fedavg"``,
     ``local_steps``, ``batch_size``, ``lr``, ``optimizer``, ``bn_mode``, ...). ``model`` is not
-    modified.
+    modified. ``device`` ("auto", "cpu", "cuda:N", ...; default: the model's device) is where
+    the client trains; the update's tensors live there.
     """
-    return local_update(model, images, labels, **training)
+    model, dev = on_device(model, device)
+    return local_update(model, images.to(dev), labels.to(dev), **training)
+
+
+def on_device(
+    model: nn.Module, device: str | torch.device | None
+) -> tuple[nn.Module, torch.device]:
+    """``model`` on ``device`` (a copy when it has to move; default: where it already is)."""
+    dev = device_of(model) if device is None else resolve_device(device)
+    if device_of(model) != dev:
+        model = copy.deepcopy(model).to(dev)
+    return model, dev
+
+
+def _update_to(update: ClientUpdate, dev: torch.device) -> ClientUpdate:
+    if all(t.device == dev for t in (*update.tensors.values(), *update.buffers.values(),
+                                     *update.shared.values())):
+        return update
+    move = lambda d: {k: v.to(dev) for k, v in d.items()}  # noqa: E731
+    return update.replace(tensors=move(update.tensors), buffers=move(update.buffers),
+                          shared=move(update.shared))
+
+
+def _threat_to(threat: ThreatModel, dev: torch.device) -> ThreatModel:
+    moved = {k: getattr(threat, k).to(dev) for k in ("labels", "prior", "public_data")
+             if getattr(threat, k) is not None and getattr(threat, k).device != dev}
+    return dataclasses.replace(threat, **moved) if moved else threat
 
 
 def attack(
@@ -50,6 +84,7 @@ def attack(
     checkpoint_every: int = 100,
     progress: Callable[[int, float], None] | None = None,
     truth: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    device: str | torch.device | None = None,
     **options: Any,
 ) -> Reconstruction:
     """Reconstruct the client's images from ``update`` with the attack ``name``.
@@ -64,6 +99,9 @@ def attack(
             place where a simulation that knows the truth can score progress.
         truth: (images, labels) where a simulation knows them: used after the attack, only
             for the fit check's verdict (:mod:`fedleak.attacks.fit`), never to choose anything.
+        device: where the attack runs ("auto", "cpu", "cuda:N", "mps"; default: the model's
+            device). Every tensor the attack creates lives there; TF32 is off while it runs
+            (:func:`fedleak.device.attack_precision`); the result's images are on the CPU.
         options: the attack's hyperparameters (``iterations``, ``restarts``, ...).
 
     The result's ``fit`` says whether the attack fitted the update (always filled in).
@@ -72,6 +110,8 @@ def attack(
     atk = cls.create(**options)
     threat = threat or ThreatModel()
     threat.check(cls.requires, f"attack {name!r}")
+    model, dev = on_device(model, device)
+    update, threat = _update_to(update, dev), _threat_to(threat, dev)
     if update.kind not in cls.handles:
         raise ConfigError(
             f"attack {name!r} handles {sorted(cls.handles)} updates, not {update.kind!r}."
@@ -112,10 +152,18 @@ def attack(
         checkpoint_every=max(1, checkpoint_every),
         progress=progress,
     )
-    rec = atk.reconstruct(inputs)
-    if not bool(torch.isfinite(rec.images).all()):
-        raise UpdateError(f"attack {name!r} produced non-finite images.")
-    return dataclasses.replace(rec, fit=fit_check(atk, inputs, rec, truth))
+    with attack_precision():
+        rec = atk.reconstruct(inputs)
+        if not bool(torch.isfinite(rec.images).all()):
+            raise UpdateError(f"attack {name!r} produced non-finite images.")
+        if truth is not None:
+            truth = (truth[0].to(dev), None if truth[1] is None else truth[1].to(dev))
+        fit = fit_check(atk, inputs, rec, truth)
+    cpu = torch.device("cpu")  # results have one form on every device
+    return dataclasses.replace(
+        rec, fit=fit, images=rec.images.to(cpu),
+        labels=None if rec.labels is None else rec.labels.to(cpu),
+    )
 
 
 def fit_check(

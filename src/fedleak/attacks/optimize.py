@@ -74,9 +74,10 @@ def optimize(
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in variables.items()}
     opt = torch.optim.Adam(list(leaves.values()), lr=lr, betas=betas)
     r = next(iter(leaves.values())).shape[0]
-    history = torch.empty(iterations, r)
+    dev = next(iter(leaves.values())).device
+    history = torch.empty(iterations, r, device=dev)
     best = {k: v.detach().clone() for k, v in leaves.items()}
-    best_loss = torch.full((r,), float("inf"))
+    best_loss = torch.full((r,), float("inf"), device=dev)
     decode = decode or (lambda v: v[image_key])
     start = time.perf_counter()
     done = 0
@@ -143,15 +144,15 @@ def init_images(
 ) -> torch.Tensor:
     """Initial candidates of ``shape`` (R, N, C, H, W): "random", "constant" (0.5) or "prior"."""
     if kind == "random":
-        return torch.rand(shape, generator=generator)
+        return torch.rand(shape, generator=generator, device=generator.device)
     if kind == "constant":
-        return torch.full(shape, 0.5)
+        return torch.full(shape, 0.5, device=generator.device)
     if kind == "prior":
         if prior is None:
             raise ConfigError(
                 "`init='prior'` needs a prior image: give ThreatModel(level='D', prior=...)."
             )
-        return prior.reshape(1, 1, *shape[2:]).expand(shape).clone()
+        return prior.to(generator.device).reshape(1, 1, *shape[2:]).expand(shape).clone()
     if kind == "randn":
-        return torch.randn(shape, generator=generator)
+        return torch.randn(shape, generator=generator, device=generator.device)
     raise ConfigError(f"`init` must be 'random', 'constant' or 'prior'; got {kind!r}.")

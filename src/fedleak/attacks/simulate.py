@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 from torch.nn import functional as F
+from torch.utils._pytree import tree_map
 
 from fedleak.errors import ConfigError, InsufficientKnowledgeError
 from fedleak.fl.update import ClientUpdate, TrainingConfig
@@ -136,7 +137,7 @@ class UpdateSimulator:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Tensors:
         if images.shape[0] == 1:  # one restart: vmap's batching rules cost ~25 % for nothing
-            return {k: v.unsqueeze(0) for k, v in self._fn(images[0], labels[0]).items()}
+            return tree_map(lambda v: v.unsqueeze(0), self._fn(images[0], labels[0]))
         return self._batched(images, labels)
 
 

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from fedleak.device import generator_for
 from fedleak.diffusion.schedule import (
     NoiseSchedule,
     check_prediction,
@@ -48,8 +49,8 @@ def draw_noise(
     n: int, shape: tuple[int, ...], schedule: NoiseSchedule, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample timesteps (uniform over the T steps) and Gaussian noise from the client's RNG."""
-    t = torch.randint(0, schedule.steps, (n,), generator=generator)
-    eps = torch.randn((n, *shape), generator=generator)
+    t = torch.randint(0, schedule.steps, (n,), generator=generator, device=generator.device)
+    eps = torch.randn((n, *shape), generator=generator, device=generator.device)
     return t, eps
 
 
@@ -97,7 +98,7 @@ def diffusion_update(
     if not isinstance(share_noise, bool):
         raise ConfigError(f"`share_noise` of {caller} must be True or False; got {share_noise!r}.")
     n, shape = images.shape[0], tuple(images.shape[1:])
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator_for(images.device, seed)
     net = copy.deepcopy(model)
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]

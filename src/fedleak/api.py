@@ -107,10 +107,13 @@ def attack(
     The result's ``fit`` says whether the attack fitted the update (always filled in).
     """
     cls = ATTACKS.get(name)
+    model, dev = on_device(model, device)
+    # model-valued options (a diffusion prior) run beside the attacked model
+    options = {k: on_device(v, dev)[0] if isinstance(v, nn.Module) else v
+               for k, v in options.items()}
     atk = cls.create(**options)
     threat = threat or ThreatModel()
     threat.check(cls.requires, f"attack {name!r}")
-    model, dev = on_device(model, device)
     update, threat = _update_to(update, dev), _threat_to(threat, dev)
     if update.kind not in cls.handles:
         raise ConfigError(
@@ -138,6 +141,12 @@ def attack(
             )
     elif cls.uses_labels:
         labels, method = recover_labels(model, view, n, shape, seed=seed)  # type: ignore[arg-type]
+    if callback is not None and dev.type != "cpu":  # checkpoints reach the caller on the CPU
+        user_callback = callback
+
+        def callback(cp: Checkpoint) -> None:
+            user_callback(dataclasses.replace(cp, images=cp.images.cpu()))
+
     inputs = AttackInputs(
         model=model,
         update=view,

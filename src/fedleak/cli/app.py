@@ -26,6 +26,18 @@ app = typer.Typer(
 out_console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 STATE = {"quiet": False}
+DEVICE_HELP = "auto (a GPU when present), cpu, cuda, cuda:N or mps."
+DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+
+
+def check_device(device: str) -> str:
+    """Resolve ``--device`` before any work; an absent device is a one-line error."""
+    from fedleak.device import resolve_device
+
+    dev = resolve_device(device)
+    if device.strip().lower() == "auto":
+        log(f"device: {dev} (auto)")
+    return device
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,11 +136,13 @@ def main_options(
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
+    device: DeviceOption = "auto",
 ) -> None:
     """A small federation on lfw-faces; the server attacks one client's FedSGD update."""
     from fedleak.cli.jobs import demo as run_demo
 
-    result = run_demo(out, seed=seed, progress_factory=progress_bar, log=log)
+    result = run_demo(out, seed=seed, progress_factory=progress_bar, log=log,
+                      device=check_device(device))
     print_scores(
         [{"client": 0, "attack": "dlg", "scores": result["scores"]}],
         "What the server rebuilt from client 0's update",
@@ -194,6 +208,7 @@ def attack(
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Log progress every N iterations.")] = 100,
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/attack"),
+    device: DeviceOption = "auto",
 ) -> None:
     """Simulate one client update and attack it; writes metrics, grid and config to OUT."""
     from fedleak.audit.runner import planned_iterations
@@ -237,6 +252,7 @@ def attack(
         share_noise=share_noise,
         prior_model=None if prior_model is None else str(prior_model),
         prior_steps=prior_steps,
+        device=check_device(device),
     )
     total = planned_iterations(attack_name, attack_options)
     with progress_bar(f"{attack_name}", total) as prog:
@@ -272,6 +288,9 @@ def audit(
     engine: Annotated[
         str, typer.Option(help="inprocess (default) or flower (Flower's Simulation Engine).")
     ] = "inprocess",
+    device: Annotated[
+        str | None, typer.Option("--device", help=f"device (config `device:`): {DEVICE_HELP}")
+    ] = None,
 ) -> None:
     """Run a federation from a config and audit its leakage per round and per client."""
     from fedleak.audit import load_config, run_audit
@@ -293,6 +312,7 @@ def audit(
         ("audit.attack", attack_name),
         ("audit.options.iterations", iterations),
         ("seed", seed),
+        ("device", device),
     ):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -332,6 +352,9 @@ def sweep(
     resume: Annotated[bool, typer.Option(help="Skip cells already in OUT/sweep.jsonl.")] = False,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 2,
     report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+    device: Annotated[
+        str | None, typer.Option("--device", help=f"device (config `device:`): {DEVICE_HELP}")
+    ] = None,
 ) -> None:
     """Defenses x hyperparameters x seeds: privacy-utility curves (seed 001's study)."""
     from fedleak.sweep import run_sweep
@@ -339,7 +362,7 @@ def sweep(
     if workers < 1:
         raise ConfigError(f"`--workers` must be >= 1; got {workers}.")
     if STATE["quiet"]:
-        summary = run_sweep(config, out, resume=resume, workers=workers, log=log)
+        summary = run_sweep(config, out, resume=resume, workers=workers, log=log, device=device)
     else:
         with Progress(
             TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -351,7 +374,8 @@ def sweep(
                 prog.update(task, completed=done, total=total)
 
             summary = run_sweep(
-                config, out, resume=resume, workers=workers, progress=progress, log=log
+                config, out, resume=resume, workers=workers, progress=progress, log=log,
+                device=device,
             )
     if report:
         _write_report(out)

@@ -18,6 +18,7 @@ import fedleak
 from fedleak.attacks import Checkpoint, Reconstruction
 from fedleak.audit.config import DIFFUSION_ATTACKS
 from fedleak.data import ImageDataset, load_dataset
+from fedleak.device import resolve_device
 from fedleak.errors import ConfigError
 from fedleak.fl import ThreatModel
 from fedleak.metrics import score_images
@@ -58,6 +59,7 @@ class AttackJob:
     share_noise: bool = False  # diffusion: the client sends its eps and t in the clear
     prior_model: str | None = None  # gidm/gidm-plus: a saved prior; None: train one
     prior_steps: int = 1000  # steps of that training, on the data set's public split
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (fedleak.device.resolve_device)
 
     def training(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -116,6 +118,7 @@ def run_attack_job(
     log: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
     """Simulate one client, attack its update, score, and write the run folder."""
+    resolve_device(job.device)  # an absent device fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, asdict(job), command)
     if job.task == "diffusion":
@@ -126,7 +129,7 @@ def run_attack_job(
     torch.manual_seed(job.seed)
     model = build_model(
         job.model, input_shape=ds.image_shape, num_classes=ds.num_classes, **job.model_options
-    )
+    ).to(resolve_device(job.device))
     images, labels = pick_images(ds, job.num_images, job.seed)
     update = fedleak.observe(model, images, labels, seed=job.seed, **job.training())
     update.save(out / "update.pt")
@@ -189,6 +192,7 @@ def run_diffusion_attack_job(
     torch.manual_seed(job.seed)
     config = {"image_size": h, "in_channels": c, "num_timesteps": schedule.steps}
     model = UNet(UNetConfig.from_dict({**config, **job.model_options}))
+    model.to(resolve_device(job.device))
     images, _ = pick_images(ds, job.num_images, job.seed)
     training: dict[str, Any] = {"protocol": job.protocol, "lr": job.lr, "seed": job.seed}
     true_t = None
@@ -213,7 +217,7 @@ def run_diffusion_attack_job(
         options["prior_model"] = prior_for(
             job.prior_model, public.images, cache=out / "prior_model.pt", schedule=schedule,
             prediction=job.prediction, steps=job.prior_steps, seed=job.seed,
-            flip=job.data == "lfw-faces", log=log,
+            flip=job.data == "lfw-faces", log=log, device=resolve_device(job.device),
         )
     ckpt = out / "checkpoints.jsonl"
     ckpt.unlink(missing_ok=True)
@@ -275,7 +279,9 @@ def finish_run(
     return result
 
 
-def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[str, Any]:
+def demo(
+    out: Path, *, seed: int = 0, progress_factory=None, log=print, device: str = "auto"
+) -> dict[str, Any]:
     """The main job: a small federation on lfw-faces; the server attacks one client's update.
 
     Four clients hold 1, 3, 8 and 24 images (faces and non-faces) and send FedSGD gradients of a
@@ -299,7 +305,9 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
         "attack_options": {"iterations": 1000, "restarts": 3, "tolerance": 1e-5},
         "threat": "C",
         "seed": seed,
+        "device": device,
     }
+    resolve_device(device)
     write_config(out, config, "demo")
     train = load_dataset("lfw-faces", size=32, split="train")
     test = load_dataset("lfw-faces", size=32, split="test")
@@ -324,6 +332,7 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
         seed=seed,
         train={"protocol": "fedsgd", "lr": config["lr"]},
         on_update=on_update,
+        device=device,
     ):
         append_jsonl(out / "rounds.jsonl", {"round": res.round, "accuracy": res.accuracy})
         log(f"round {res.round}: test accuracy {res.accuracy:.3f}")

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedleak.defenses.training import TrainingDefense, check_number, fail, register_training_defense
-from fedleak.device import generator_for
+from fedleak.device import device_of, generator_for
 from fedleak.errors import ConfigError
 from fedleak.fl.client import build_update, plan_local, plan_optimizer, run_local_steps, trainable
 from fedleak.fl.update import ClientUpdate
@@ -175,6 +175,7 @@ class DPSGD(TrainingDefense):
             client_id=client_id, round=round,
         )
         net = copy.deepcopy(model)
+        images, labels = images.to(device_of(net)), labels.to(device_of(net))
         net.train()
         names, params = trainable(net)
         with warnings.catch_warnings():

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from fedleak.device import generator_for
+from fedleak.device import device_of, generator_for
 from fedleak.diffusion.schedule import (
     NoiseSchedule,
     check_prediction,
@@ -98,6 +98,7 @@ def diffusion_update(
     if not isinstance(share_noise, bool):
         raise ConfigError(f"`share_noise` of {caller} must be True or False; got {share_noise!r}.")
     n, shape = images.shape[0], tuple(images.shape[1:])
+    images = images.to(device_of(model))  # the client trains where the model lives
     gen = generator_for(images.device, seed)
     net = copy.deepcopy(model)
     net.train()
@@ -109,8 +110,8 @@ def diffusion_update(
         if local_steps != 1:
             raise ConfigError(f"FedSGD sends one gradient: `local_steps` of {caller} must be 1.")
         t_draw, eps_draw = draw_noise(n, shape, schedule, gen)
-        t = t_draw if t is None else torch.as_tensor(t).long().reshape(-1)
-        eps = eps_draw if epsilon is None else epsilon.float()
+        t = t_draw if t is None else torch.as_tensor(t).long().reshape(-1).to(images.device)
+        eps = eps_draw if epsilon is None else epsilon.float().to(images.device)
         if t.shape != (n,) or eps.shape != images.shape:
             raise ConfigError(
                 f"`t` and `epsilon` of {caller} must be ({n},) and {tuple(images.shape)}; got "

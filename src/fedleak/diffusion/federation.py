@@ -66,7 +66,7 @@ def diffusion_trainer(
         n = images.shape[0]
         kwargs: dict[str, Any] = {}
         if protocol == "fedsgd":
-            gen = generator_for(images.device, seed)
+            gen = generator_for(device_of(model), seed)
             t, eps = draw_noise(n, tuple(images.shape[1:]), schedule, gen)
             kwargs = {"t": t, "epsilon": eps}
             if truth is not None:
@@ -105,7 +105,7 @@ def diffusion_test_loss(
     total = 0.0
     try:
         for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size]
+            x = images[start : start + batch_size].to(gen.device)
             t, eps = draw_noise(x.shape[0], tuple(x.shape[1:]), schedule, gen)
             total += float(diffusion_loss(model, x, t, eps, schedule, prediction)) * x.shape[0]
     finally:

@@ -181,6 +181,7 @@ def prior_for(
     flip: bool = False,
     seed: int = 0,
     log: Callable[[str], None] = lambda m: None,
+    device: str | torch.device | None = None,
 ) -> UNet:
     """The attacker's prior: the user's saved model at ``path``, else one trained on ``public``.
 
@@ -206,6 +207,7 @@ def prior_for(
         public, schedule=schedule, prediction=prediction, steps=steps,
         batch_size=min(32, len(public)), flip=flip, seed=seed,
         log=lambda s, loss: log(f"  prior step {s}: loss {loss:.4f}"), log_every=250,
+        device=device,
     )
     save_model(model, cache, info={"images": len(public), "steps": steps, "seed": seed})
     return model

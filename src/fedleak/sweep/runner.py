@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import dataclasses
 import json
 import multiprocessing
 import time
@@ -93,6 +94,7 @@ def run_sweep(
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = print,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run every cell of ``config`` into the folder ``out`` and return a summary.
 
@@ -102,6 +104,7 @@ def run_sweep(
         workers: worker processes (1: run in this process, one cell after the other).
         progress: called as ``progress(done, total)`` at the start and after each cell.
         log: one line per finished cell (default ``print``; pass ``lambda m: None`` to mute).
+        device: overrides the config's ``device`` (auto, cpu, cuda, cuda:N, mps).
 
     Writes ``config.json``, ``sweep.jsonl`` (one record per cell), ``sweep.csv``, the
     undefended classifier(s) in ``classifiers/``, a reconstruction grid per cell in ``grids/``
@@ -109,6 +112,8 @@ def run_sweep(
     retries it); its id is listed under ``failed``.
     """
     cfg = load_sweep_config(config)
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device).validate()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"`workers` of run_sweep must be an int >= 1; got {workers!r}.")
     out = Path(out)

@@ -85,6 +85,7 @@ def attack(
     progress: Callable[[int, float], None] | None = None,
     truth: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     device: str | torch.device | None = None,
+    memory_budget: float | int | None = None,
     **options: Any,
 ) -> Reconstruction:
     """Reconstruct the client's images from ``update`` with the attack ``name``.
@@ -102,6 +103,9 @@ def attack(
         device: where the attack runs ("auto", "cpu", "cuda:N", "mps"; default: the model's
             device). Every tensor the attack creates lives there; TF32 is off while it runs
             (:func:`fedleak.device.attack_precision`); the result's images are on the CPU.
+        memory_budget: what batched restarts may use: a fraction of the free device memory
+            (default 0.8, or ``FEDLEAK_MEMORY_BUDGET``) or a byte count; restarts run in chunks
+            that fit, and a ConfigError says when not even one does.
         options: the attack's hyperparameters (``iterations``, ``restarts``, ...).
 
     The result's ``fit`` says whether the attack fitted the update (always filled in).
@@ -160,6 +164,7 @@ def attack(
         callback=callback,
         checkpoint_every=max(1, checkpoint_every),
         progress=progress,
+        memory_budget=memory_budget,
     )
     with attack_precision():
         rec = atk.reconstruct(inputs)

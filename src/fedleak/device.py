@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ __all__ = [
     "generator_for",
     "memory_budget",
     "resolve_device",
+    "restart_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,8 +152,8 @@ def memory_budget(device: torch.device, budget: float | int | None = None) -> in
     """Bytes a batched computation on ``device`` may use.
 
     ``budget`` is a fraction of the free memory in (0, 1], a byte count > 1, or None for the
-    default (``FEDLEAK_MEMORY_BUDGET`` env var, else 80 % of the free CUDA memory, 4 GiB on
-    the CPU/MPS).
+    default (``FEDLEAK_MEMORY_BUDGET`` env var, else 80 % of the free CUDA memory, or of the
+    available RAM on the CPU/MPS).
     """
     if budget is None:
         env = os.environ.get("FEDLEAK_MEMORY_BUDGET")
@@ -165,7 +167,11 @@ def memory_budget(device: torch.device, budget: float | int | None = None) -> in
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * budget)
-    return int(_CPU_BUDGET_BYTES * budget)
+    try:  # the CPU (and MPS, which shares it): the memory available now
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        free = _CPU_BUDGET_BYTES
+    return int(max(free, _CPU_BUDGET_BYTES // 4) * budget)
 
 
 def chunk_size(total: int, bytes_per_item: int, budget_bytes: int, what: str) -> int:
@@ -184,3 +190,35 @@ def chunk_size(total: int, bytes_per_item: int, budget_bytes: int, what: str) ->
             "larger `memory_budget`, or a device with more memory."
         )
     return int(min(total, n))
+
+
+@torch.no_grad()
+def restart_bytes(model: nn.Module, image_shape: tuple[int, ...], num_images: int) -> int:
+    """Rough memory of one restart of a gradient-matching attack on ``num_images`` images.
+
+    One probe forward (no graph) sums the sizes of every module's output; a restart keeps the
+    forward activations, the backward's intermediates and their second-order gradients (about
+    6x the activations) plus the simulated update and its gradient (about 4x the parameters).
+    An estimate to size chunks, not a bound: keep the budget below the device's memory.
+    """
+    total = 0
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was = model.training
+    model.eval()
+    try:
+        model(torch.zeros(num_images, *image_shape, device=device_of(model)))
+    except Exception:  # noqa: BLE001 - a model that cannot be probed: no estimate
+        return 0
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 6 * total + 4 * params

@@ -103,6 +103,7 @@ class AttackInputs:
     callback: Callable[[Checkpoint], None] | None = None
     checkpoint_every: int = 100
     progress: Callable[[int, float], None] | None = None  # (iterations done, current loss)
+    memory_budget: float | int | None = None  # fraction of free memory or bytes (device.py)
 
     @property
     def device(self) -> torch.device:

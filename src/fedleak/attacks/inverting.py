@@ -33,6 +33,7 @@ from fedleak.attacks.simulate import (
     layer_weights,
     pseudo_gradient,
 )
+from fedleak.device import chunk_size, memory_budget, restart_bytes
 from fedleak.errors import ConfigError
 
 INITS = ("random", "constant", "prior")
@@ -213,6 +214,13 @@ def start_matching(
     return x0, y, setup
 
 
+def restart_chunk(inputs: AttackInputs, restarts: int) -> int:
+    """How many restarts run at once within the memory budget (ConfigError if not even one)."""
+    per = restart_bytes(inputs.model, inputs.image_shape, inputs.num_images)
+    budget = memory_budget(inputs.device, inputs.memory_budget)
+    return chunk_size(restarts, per, budget, f"restart of {inputs.num_images} image(s)")
+
+
 def clamp_images(key: str = "images"):  # noqa: ANN201 - small closure factory
     """Projection onto the [0, 1] box, in place (after every step)."""
 
@@ -303,7 +311,7 @@ class InvertingGradients(Attack):
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
             x = v["images"]
-            loss = distance(sim(x, y))
+            loss = distance(sim(x, y[: x.shape[0]]))  # every restart has the same labels
             if tv:
                 loss = loss + tv * total_variation(x)
             return loss
@@ -311,6 +319,7 @@ class InvertingGradients(Attack):
         res = optimize(
             {"images": x0}, objective, inputs, iterations=self.iterations, lr=self.lr,
             signed=self.signed, schedule=self.schedule, project=clamp_images(),
+            chunk=restart_chunk(inputs, self.restarts),
         )
         extras = {**setup.extras, "restarts": self.restarts, "init": self.init, "tv": self.tv}
         return finish(self, inputs, res, y, start, extras)

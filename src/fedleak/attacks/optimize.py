@@ -59,6 +59,7 @@ def optimize(
     after_step: Callable[[Variables, int], None] | None = None,
     image_key: str = "images",
     decode: Callable[[Variables], torch.Tensor] | None = None,
+    chunk: int | None = None,
 ) -> OptimizationResult:
     """Minimize ``objective`` over ``variables`` with Adam.
 
@@ -68,6 +69,8 @@ def optimize(
         after_step: in-place update after each step (e.g. Langevin noise).
         decode: maps variables to images (R, N, C, H, W) for checkpoints (default: the
             ``image_key`` variable).
+        chunk: restarts per forward/backward (memory); None: all at once. Only for objectives
+            whose restarts are independent (the loss of restart i depends on row i alone).
     """
     if iterations < 1:
         raise ConfigError(f"`iterations` must be >= 1; got {iterations}.")
@@ -85,8 +88,16 @@ def optimize(
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(schedule, it, iterations, warmup)
         opt.zero_grad(set_to_none=True)
-        loss = objective(leaves)  # (R,)
-        loss.sum().backward()
+        if chunk is None or chunk >= r:
+            loss = objective(leaves)  # (R,)
+            loss.sum().backward()
+        else:  # each chunk's graph is freed before the next one is built
+            parts = []
+            for s in range(0, r, chunk):
+                part = objective({k: v[s : s + chunk] for k, v in leaves.items()})
+                part.sum().backward()
+                parts.append(part.detach())
+            loss = torch.cat(parts)
         with torch.no_grad():
             lv = loss.detach()
             history[it] = lv

@@ -13,7 +13,7 @@ Every code path asks this module instead of deciding on its own (house style poi
   so TF32 is switched off while an attack runs, and restored afterwards.
 * :func:`chunk_size` splits batched restarts/clients into chunks that fit a memory budget.
 
-Nothing in fedleak calls ``.cuda()``: tensors are created with ``device=`` of the model/inputs.
+Nothing in fedleak calls ``Tensor.cuda``: tensors are created with ``device=`` of the model/inputs.
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ class LatentPerturbation(TrainingDefense):
         n = images.shape[0]
         b = min(self.pretrain_batch_size, n)
         steps = self.pretrain_epochs * math.ceil(n / b)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # cpu generator: batch indices
         for idx in local_batches(n, b, steps, True, gen):
             x, y = images[idx], labels[idx]
             self._minimax_step(net, decoder, dec_opt, x, y).backward()

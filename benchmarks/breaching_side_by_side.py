@@ -5,13 +5,16 @@ fedleak should cost no more than one of breaching on the same model, images and 
 problem comes from the peer harness (``../shared/peer-breaching/setting.py``: untrained ConvNet
 32-64-128-128 with BN in eval mode, lfw faces 32x32 grey, one FedSGD gradient, labels given).
 breaching runs in its own venv as a subprocess (``run_breaching_threads.py --threads 1``),
-fedleak in this process with 1 thread, alternately, so both see the same machine load.
+fedleak in a fresh subprocess of this venv with 1 thread (same cold start), alternately, so
+both see the same machine load.
 
 Two clocks: wall ms/iter (attack wall time / iterations, breaching's definition) and CPU
 ms/iter (the process's CPU time over the attack / iterations). On a shared machine the CPU
 clock is the fair one (a 1-thread run's CPU time barely moves when other processes run);
 ratios are medians over rounds. PSNR: the harness's metric (Hungarian pairing, [0, 1]).
-Also timed: fedleak with 4 batched restarts against 1 restart on the same problem.
+Also timed: fedleak with 4 batched restarts against 1 restart on the same problem, every
+restart to the end (``restarts=4``: compute-bound on one CPU thread, ~R runs) and with
+``select_after=0.125`` (only the lowest-loss restart goes on after 1/8 of the iterations).
 
     python benchmarks/breaching_side_by_side.py                      # 300 iterations, 3 rounds
     python benchmarks/breaching_side_by_side.py --iterations 100 --rounds 1 --batches 1
@@ -73,8 +76,29 @@ def run_breaching(peer: Path, python: str, batch: int, head: str, iterations: in
             "psnr": d["psnr"], "tv": d["tv"]}
 
 
+TOOLS = {  # name -> (restarts, select_after) of fedleak's inverting-gradients
+    "fedleak": (1, None),
+    "fedleak R=4": (4, None),
+    "fedleak R=4 sel": (4, 0.125),
+}
+
+
+def run_fedleak_subprocess(peer: Path, batch: int, head: str, iterations: int, tool: str,
+                           tv: float | None) -> dict[str, Any]:
+    """One fedleak run in a fresh process of this interpreter (1 thread)."""
+    cmd = [sys.executable, __file__, "--worker", tool, "--peer", str(peer), "--batches",
+           str(batch), "--head", head, "--iterations", str(iterations)]
+    if tv is not None:
+        cmd += ["--tv", repr(tv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"fedleak run failed ({out.returncode}): {out.stderr[-600:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_fedleak(setting: Any, batch: int, head: str, iterations: int, restarts: int,
-                tv: float | None) -> dict[str, Any]:
+                tv: float | None, select_after: float | None = None) -> dict[str, Any]:
     """One fedleak IG run (1 thread) on the harness's problem."""
     problem = setting.make_problem(batch, head)  # sets the harness's threads: reset below
     torch.set_num_threads(1)
@@ -82,7 +106,8 @@ def run_fedleak(setting: Any, batch: int, head: str, iterations: int, restarts: 
     names = [n for n, _ in model.named_parameters()]
     update = ClientUpdate(kind="gradient", tensors=dict(zip(names, problem["gradients"],
                                                             strict=True)), num_samples=batch)
-    options: dict[str, Any] = {"iterations": iterations, "restarts": restarts}
+    options: dict[str, Any] = {"iterations": iterations, "restarts": restarts,
+                               "select_after": select_after}
     if tv is not None:
         options["tv"] = tv
     setting.seed_attack()
@@ -108,8 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="the peer harness folder")
     ap.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON",
                                                             "/tmp/peer-venv/bin/python"))
+    ap.add_argument("--worker", choices=sorted(TOOLS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     setting = load_setting(args.peer)
+    if args.worker:  # one fedleak run, one JSON line
+        restarts, select_after = TOOLS[args.worker]
+        print(json.dumps(run_fedleak(setting, args.batches[0], args.head, args.iterations,
+                                     restarts, args.tv, select_after)))
+        return
     if not Path(args.peer_python).exists():
         raise SystemExit(f"no breaching venv python at {args.peer_python} (see the harness "
                          "README: bash setup.sh); pass --peer-python")
@@ -119,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for rnd in range(args.rounds):
         for b in args.batches:
-            order = ["breaching", "fedleak", "fedleak R=4"]
+            order = ["breaching", *TOOLS]
             if rnd % 2:
                 order.reverse()
             for tool in order:
@@ -127,10 +158,10 @@ def main(argv: list[str] | None = None) -> None:
                     r = run_breaching(args.peer, args.peer_python, b, args.head,
                                       args.iterations, args.tv)
                 else:
-                    r = run_fedleak(setting, b, args.head, args.iterations,
-                                    4 if tool.endswith("R=4") else 1, args.tv)
+                    r = run_fedleak_subprocess(args.peer, b, args.head, args.iterations, tool,
+                                               args.tv)
                 runs.setdefault((b, tool), []).append(r)
-                print(f"  round {rnd} batch {b} {tool:<12} {r['ms']:7.1f} wall-ms/it "
+                print(f"  round {rnd} batch {b} {tool:<16} {r['ms']:7.1f} wall-ms/it "
                       f"{r['cpu_ms']:7.1f} cpu-ms/it  PSNR {r['psnr']:.2f} dB", flush=True)
 
     def med(b: int, tool: str, key: str) -> float:
@@ -140,19 +171,21 @@ def main(argv: list[str] | None = None) -> None:
         return statistics.median(n[key] / d[key] for n, d in zip(runs[(b, num)], runs[(b, den)],
                                                                  strict=True))
 
-    print("\nbatch tool          wall ms/it  cpu ms/it  PSNR dB   TV")
+    print("\nbatch tool              wall ms/it  cpu ms/it  PSNR dB   TV")
     for b in args.batches:
-        for tool in ("breaching", "fedleak", "fedleak R=4"):
+        for tool in ("breaching", *TOOLS):
             tv = runs[(b, tool)][0]["tv"]
-            print(f"{b:5d} {tool:<12} {med(b, tool, 'ms'):11.1f} {med(b, tool, 'cpu_ms'):10.1f} "
+            print(f"{b:5d} {tool:<16} {med(b, tool, 'ms'):11.1f} {med(b, tool, 'cpu_ms'):10.1f} "
                   f"{med(b, tool, 'psnr'):8.2f}  {tv}")
     print("\nratios (median over rounds of per-round ratios)")
     for b in args.batches:
         print(f"batch {b}: fedleak / breaching per iteration: wall "
               f"{ratio(b, 'fedleak', 'breaching', 'ms'):.2f}x, cpu "
-              f"{ratio(b, 'fedleak', 'breaching', 'cpu_ms'):.2f}x;  fedleak 4 restarts / 1: wall "
-              f"{ratio(b, 'fedleak R=4', 'fedleak', 'ms'):.2f}x, cpu "
-              f"{ratio(b, 'fedleak R=4', 'fedleak', 'cpu_ms'):.2f}x")
+              f"{ratio(b, 'fedleak', 'breaching', 'cpu_ms'):.2f}x")
+        for tool in ("fedleak R=4", "fedleak R=4 sel"):
+            print(f"batch {b}: {tool} / fedleak 1 restart: wall "
+                  f"{ratio(b, tool, 'fedleak', 'ms'):.2f}x, cpu "
+                  f"{ratio(b, tool, 'fedleak', 'cpu_ms'):.2f}x")
 
 
 if __name__ == "__main__":

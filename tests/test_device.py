@@ -286,3 +286,17 @@ def test_random_draws_with_a_generator_name_their_device() -> None:
             if "device=" not in m.group(0):
                 bad.append(f"{rel}:{text[: m.start()].count(chr(10)) + 1}")
     assert bad == []
+
+
+def test_select_after_continues_the_lowest_loss_restart_alone() -> None:
+    model, update, threat, _ = _classifier_case("inverting-gradients")
+    opts = {"iterations": 8, "restarts": 3, "seed": 0}
+    full = fedleak.attack("inverting-gradients", model, update, threat=threat, **opts)
+    sel = fedleak.attack("inverting-gradients", model, update, threat=threat,
+                         select_after=0.25, **opts)
+    assert len(sel.loss_history) == 8 and all(v == v for v in sel.loss_history)  # no NaN
+    assert sel.restart_losses[sel.best_restart] == min(sel.restart_losses)
+    assert sel.restart_losses[sel.best_restart] <= min(full.restart_losses[:3]) + 0.05
+    with pytest.raises(ConfigError, match="select_after"):
+        fedleak.attack("inverting-gradients", model, update, threat=threat,
+                       select_after=1.5, **opts)

@@ -60,6 +60,7 @@ def optimize(
     image_key: str = "images",
     decode: Callable[[Variables], torch.Tensor] | None = None,
     chunk: int | None = None,
+    select_after: float | None = None,
 ) -> OptimizationResult:
     """Minimize ``objective`` over ``variables`` with Adam.
 
@@ -71,6 +72,10 @@ def optimize(
             ``image_key`` variable).
         chunk: restarts per forward/backward (memory); None: all at once. Only for objectives
             whose restarts are independent (the loss of restart i depends on row i alone).
+        select_after: with R > 1, after this fraction of ``iterations`` only the restart with
+            the lowest attack loss so far continues (with its Adam state); the others keep
+            their best iterate and loss, and NaN history from then on. None: all run to the
+            end. Restart-separable objectives only.
     """
     if iterations < 1:
         raise ConfigError(f"`iterations` must be >= 1; got {iterations}.")
@@ -78,13 +83,17 @@ def optimize(
     opt = torch.optim.Adam(list(leaves.values()), lr=lr, betas=betas)
     r = next(iter(leaves.values())).shape[0]
     dev = next(iter(leaves.values())).device
-    history = torch.empty(iterations, r, device=dev)
+    history = torch.full((iterations, r), float("nan"), device=dev)
     best = {k: v.detach().clone() for k, v in leaves.items()}
     best_loss = torch.full((r,), float("inf"), device=dev)
     decode = decode or (lambda v: v[image_key])
+    select_at = None if select_after is None or r == 1 else int(select_after * iterations)
+    sel = slice(None)  # the restarts still running: all, or the selected one
     start = time.perf_counter()
     done = 0
     for it in range(iterations):
+        if it == select_at:
+            leaves, opt, sel = _keep_best(leaves, opt, int(best_loss.argmin()))
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(schedule, it, iterations, warmup)
         opt.zero_grad(set_to_none=True)
@@ -100,12 +109,12 @@ def optimize(
             loss = torch.cat(parts)
         with torch.no_grad():
             lv = loss.detach()
-            history[it] = lv
-            improved = lv < best_loss  # NaN compares False: a diverged restart keeps its best
-            best_loss = torch.where(improved, lv, best_loss)
+            history[it, sel] = lv
+            improved = lv < best_loss[sel]  # NaN compares False: a diverged restart keeps its best
+            best_loss[sel] = torch.where(improved, lv, best_loss[sel])
             for k, v in leaves.items():
                 mask = improved.view(-1, *([1] * (v.ndim - 1)))
-                best[k] = torch.where(mask, v.detach(), best[k])
+                best[k][sel] = torch.where(mask, v.detach(), best[k][sel])
             if signed:
                 for v in leaves.values():
                     if v.grad is not None:
@@ -138,6 +147,22 @@ def optimize(
         iterations=done,
         seconds=time.perf_counter() - start,
     )
+
+
+def _keep_best(
+    leaves: Variables, opt: torch.optim.Adam, i: int
+) -> tuple[Variables, torch.optim.Adam, slice]:
+    """Continue restart ``i`` alone: its current iterate and its slice of Adam's state."""
+    kept = {k: v.detach()[i : i + 1].clone().requires_grad_(True) for k, v in leaves.items()}
+    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    new = torch.optim.Adam(list(kept.values()), **group)
+    for old_leaf, new_leaf in zip(leaves.values(), kept.values(), strict=True):
+        state = opt.state.get(old_leaf, {})
+        new.state[new_leaf] = {
+            name: (t if name == "step" or t.ndim == 0 else t[i : i + 1].clone())
+            for name, t in state.items()
+        }
+    return kept, new, slice(i, i + 1)
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,10 @@ breaching runs in its own venv as a subprocess (``run_breaching_threads.py --thr
 fedleak in a fresh subprocess of this venv with 1 thread (same cold start), alternately, so
 both see the same machine load.
 
-Two clocks: wall ms/iter (attack wall time / iterations, breaching's definition) and CPU
-ms/iter (the process's CPU time over the attack / iterations). On a shared machine the CPU
+Three clocks: wall ms/iter (attack wall time / iterations, breaching's definition, setup
+included), CPU ms/iter (the process's CPU time over the attack / iterations) and the median
+wall time of one step (breaching: its optimizer-step clock; fedleak: its per-iteration
+progress calls), which leaves out the one-time setup. On a shared machine the CPU
 clock is the fair one (a 1-thread run's CPU time barely moves when other processes run);
 ratios are medians over rounds. PSNR: the harness's metric (Hungarian pairing, [0, 1]).
 Also timed: fedleak with 4 batched restarts against 1 restart on the same problem, every
@@ -73,7 +75,7 @@ def run_breaching(peer: Path, python: str, batch: int, head: str, iterations: in
     d = json.loads(out.stdout.strip().splitlines()[-1])
     n = max(1, d["iterations_run"])
     return {"ms": d["ms_per_iter"], "cpu_ms": 1000 * d["own_cpu_cores"] * d["attack_wall_s"] / n,
-            "psnr": d["psnr"], "tv": d["tv"]}
+            "step_ms": d["ms_per_iter_median"], "psnr": d["psnr"], "tv": d["tv"]}
 
 
 TOOLS = {  # name -> (restarts, select_after) of fedleak's inverting-gradients
@@ -110,14 +112,22 @@ def run_fedleak(setting: Any, batch: int, head: str, iterations: int, restarts: 
                                "select_after": select_after}
     if tv is not None:
         options["tv"] = tv
+    stamps: list[float] = []  # one per iteration, like breaching's optimizer-step clock
+
+    def progress(_done: int, _loss: float) -> None:
+        stamps.append(time.perf_counter())
+
     setting.seed_attack()
     t0, c0 = time.perf_counter(), _cpu_s()
     rec = fedleak.attack("inverting-gradients", model, update,
                          threat=ThreatModel(labels=problem["y"]), num_images=batch,
-                         image_shape=(1, setting.IMAGE_SIZE, setting.IMAGE_SIZE), **options)
+                         image_shape=(1, setting.IMAGE_SIZE, setting.IMAGE_SIZE),
+                         progress=progress, checkpoint_every=1, **options)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     n = max(1, rec.iterations)
+    steps = [1000 * (b - a) for a, b in zip(stamps, stamps[1:], strict=False)]
     return {"ms": 1000 * wall / n, "cpu_ms": 1000 * cpu / n,
+            "step_ms": statistics.median(steps) if steps else float("nan"),
             "psnr": setting.psnr_hungarian(rec.images, problem["x"])["psnr"],
             "tv": rec.extras.get("tv")}
 
@@ -162,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                                                args.tv)
                 runs.setdefault((b, tool), []).append(r)
                 print(f"  round {rnd} batch {b} {tool:<16} {r['ms']:7.1f} wall-ms/it "
-                      f"{r['cpu_ms']:7.1f} cpu-ms/it  PSNR {r['psnr']:.2f} dB", flush=True)
+                      f"{r['cpu_ms']:7.1f} cpu-ms/it {r['step_ms']:7.1f} median-step-ms  "
+                      f"PSNR {r['psnr']:.2f} dB", flush=True)
 
     def med(b: int, tool: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[(b, tool)])
@@ -171,21 +182,24 @@ def main(argv: list[str] | None = None) -> None:
         return statistics.median(n[key] / d[key] for n, d in zip(runs[(b, num)], runs[(b, den)],
                                                                  strict=True))
 
-    print("\nbatch tool              wall ms/it  cpu ms/it  PSNR dB   TV")
+    print("\nbatch tool              wall ms/it  cpu ms/it  step ms  PSNR dB   TV")
     for b in args.batches:
         for tool in ("breaching", *TOOLS):
             tv = runs[(b, tool)][0]["tv"]
             print(f"{b:5d} {tool:<16} {med(b, tool, 'ms'):11.1f} {med(b, tool, 'cpu_ms'):10.1f} "
+                  f"{med(b, tool, 'step_ms'):8.1f} "
                   f"{med(b, tool, 'psnr'):8.2f}  {tv}")
     print("\nratios (median over rounds of per-round ratios)")
     for b in args.batches:
         print(f"batch {b}: fedleak / breaching per iteration: wall "
               f"{ratio(b, 'fedleak', 'breaching', 'ms'):.2f}x, cpu "
-              f"{ratio(b, 'fedleak', 'breaching', 'cpu_ms'):.2f}x")
+              f"{ratio(b, 'fedleak', 'breaching', 'cpu_ms'):.2f}x, median step "
+              f"{ratio(b, 'fedleak', 'breaching', 'step_ms'):.2f}x")
         for tool in ("fedleak R=4", "fedleak R=4 sel"):
             print(f"batch {b}: {tool} / fedleak 1 restart: wall "
                   f"{ratio(b, tool, 'fedleak', 'ms'):.2f}x, cpu "
-                  f"{ratio(b, tool, 'fedleak', 'cpu_ms'):.2f}x")
+                  f"{ratio(b, tool, 'fedleak', 'cpu_ms'):.2f}x, median step "
+                  f"{ratio(b, tool, 'fedleak', 'step_ms'):.2f}x")
 
 
 if __name__ == "__main__":

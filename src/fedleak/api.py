@@ -20,6 +20,7 @@ from fedleak.attacks import (
 )
 from fedleak.attacks.fit import FitCheck, verdict
 from fedleak.attacks.labels import last_linear
+from fedleak.device import attack_precision, device_of, resolve_device
 from fedleak.errors import ConfigError, DataError, UpdateError, brief, check_finite
 from fedleak.fl.client import local_update
 from fedleak.fl.threat import ThreatModel
@@ -27,13 +28,19 @@ from fedleak.fl.update import ClientUpdate
 
 
 def observe(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **training: Any
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: str | torch.device | None = None,
+    **training: Any,
 ) -> ClientUpdate:
     """The update a server would receive from a client holding ``images`` and ``labels``.
 
     Keyword arguments are those of :func:`fedleak.fl.local_update` (``protocol="fedavg"``,
     ``local_steps``, ``batch_size``, ``lr``, ``optimizer``, ``bn_mode``, ...). ``model`` is not
-    modified.
+    modified. ``device`` ("auto", "cpu", "cuda:N", ...; default: the model's device) is where
+    the client trains; the update's tensors live there.
 
     Raises:
         DataError: images outside [0, 1], or labels outside the model's classes.
@@ -46,7 +53,9 @@ def observe(
                 f"`images` of observe must lie in [0, 1] (models normalize inside); got values "
                 f"in [{lo:.3g}, {hi:.3g}]: pass the unnormalized images."
             )
-    if torch.is_tensor(images) and images.ndim == 4 and torch.is_tensor(labels):
+    model, dev = on_device(model, device)
+    images, labels = images.to(dev), labels.to(dev)
+    if images.ndim == 4:
         logits = _probe(model, images[:1], "`images`", tuple(images.shape[1:]))
         k = logits.shape[-1] if logits.ndim == 2 else None
         if k is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
@@ -55,6 +64,31 @@ def observe(
                 f"outputs); got values in [{int(labels.min())}, {int(labels.max())}]."
             )
     return local_update(model, images, labels, **training)
+
+
+def on_device(
+    model: nn.Module, device: str | torch.device | None
+) -> tuple[nn.Module, torch.device]:
+    """``model`` on ``device`` (a copy when it has to move; default: where it already is)."""
+    dev = device_of(model) if device is None else resolve_device(device)
+    if device_of(model) != dev:
+        model = copy.deepcopy(model).to(dev)
+    return model, dev
+
+
+def _update_to(update: ClientUpdate, dev: torch.device) -> ClientUpdate:
+    if all(t.device == dev for t in (*update.tensors.values(), *update.buffers.values(),
+                                     *update.shared.values())):
+        return update
+    move = lambda d: {k: v.to(dev) for k, v in d.items()}  # noqa: E731
+    return update.replace(tensors=move(update.tensors), buffers=move(update.buffers),
+                          shared=move(update.shared))
+
+
+def _threat_to(threat: ThreatModel, dev: torch.device) -> ThreatModel:
+    moved = {k: getattr(threat, k).to(dev) for k in ("labels", "prior", "public_data")
+             if getattr(threat, k) is not None and getattr(threat, k).device != dev}
+    return dataclasses.replace(threat, **moved) if moved else threat
 
 
 def _probe(model: nn.Module, x: torch.Tensor, what: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -86,6 +120,8 @@ def attack(
     checkpoint_every: int = 100,
     progress: Callable[[int, float], None] | None = None,
     truth: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    device: str | torch.device | None = None,
+    memory_budget: float | int | None = None,
     **options: Any,
 ) -> Reconstruction:
     """Reconstruct the client's images from ``update`` with the attack ``name``.
@@ -100,14 +136,25 @@ def attack(
             place where a simulation that knows the truth can score progress.
         truth: (images, labels) where a simulation knows them: used after the attack, only
             for the fit check's verdict (:mod:`fedleak.attacks.fit`), never to choose anything.
+        device: where the attack runs ("auto", "cpu", "cuda:N", "mps"; default: the model's
+            device). Every tensor the attack creates lives there; TF32 is off while it runs
+            (:func:`fedleak.device.attack_precision`); the result's images are on the CPU.
+        memory_budget: what batched restarts may use: a fraction of the free device memory
+            (default 0.8, or ``FEDLEAK_MEMORY_BUDGET``) or a byte count; restarts run in chunks
+            that fit, and a ConfigError says when not even one does.
         options: the attack's hyperparameters (``iterations``, ``restarts``, ...).
 
     The result's ``fit`` says whether the attack fitted the update (always filled in).
     """
     cls = ATTACKS.get(name)
+    model, dev = on_device(model, device)
+    # model-valued options (a diffusion prior) run beside the attacked model
+    options = {k: on_device(v, dev)[0] if isinstance(v, nn.Module) else v
+               for k, v in options.items()}
     atk = cls.create(**options)
     threat = threat or ThreatModel()
     threat.check(cls.requires, f"attack {name!r}")
+    update, threat = _update_to(update, dev), _threat_to(threat, dev)
     if update.kind not in cls.handles:
         raise ConfigError(
             f"attack {name!r} handles {sorted(cls.handles)} updates, not {update.kind!r}."
@@ -143,6 +190,12 @@ def attack(
             )
     elif cls.uses_labels:
         labels, method = recover_labels(model, view, n, shape, seed=seed)  # type: ignore[arg-type]
+    if callback is not None and dev.type != "cpu":  # checkpoints reach the caller on the CPU
+        user_callback = callback
+
+        def callback(cp: Checkpoint) -> None:
+            user_callback(dataclasses.replace(cp, images=cp.images.cpu()))
+
     inputs = AttackInputs(
         model=model,
         update=view,
@@ -156,11 +209,20 @@ def attack(
         callback=callback,
         checkpoint_every=max(1, checkpoint_every),
         progress=progress,
+        memory_budget=memory_budget,
     )
-    rec = atk.reconstruct(inputs)
-    if not bool(torch.isfinite(rec.images).all()):
-        raise UpdateError(f"attack {name!r} produced non-finite images.")
-    return dataclasses.replace(rec, fit=fit_check(atk, inputs, rec, truth))
+    with attack_precision():
+        rec = atk.reconstruct(inputs)
+        if not bool(torch.isfinite(rec.images).all()):
+            raise UpdateError(f"attack {name!r} produced non-finite images.")
+        if truth is not None:
+            truth = (truth[0].to(dev), None if truth[1] is None else truth[1].to(dev))
+        fit = fit_check(atk, inputs, rec, truth)
+    cpu = torch.device("cpu")  # results have one form on every device
+    return dataclasses.replace(
+        rec, fit=fit, images=rec.images.to(cpu),
+        labels=None if rec.labels is None else rec.labels.to(cpu),
+    )
 
 
 def _num_classes(model: nn.Module, *, granted: bool) -> int:

@@ -127,7 +127,8 @@ def _first_layer_signal(
 
 def _explain(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor) -> float:
     """Relative residual of fitting every row [W_j, b_j] by combinations of [x_i, 1]."""
-    basis = torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=xs.dtype)], 1)  # (N, D+1)
+    ones = torch.ones(xs.shape[0], 1, dtype=xs.dtype, device=xs.device)
+    basis = torch.cat([xs, ones], 1)  # (N, D+1)
     rows = torch.cat([w, b[:, None]], 1)  # (H, D+1)
     coef = torch.linalg.lstsq(basis.T, rows.T).solution  # (N, H)
     res = rows - coef.T @ basis
@@ -143,7 +144,7 @@ def _groups(
     scale = ratios.norm(dim=1)
     close = torch.cdist(ratios, ratios) <= tol * (scale[:, None] + scale[None, :]) / 2
     out = []
-    used = torch.zeros(rows.numel(), dtype=torch.bool)
+    used = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
     for j in range(rows.numel()):
         if used[j]:
             continue

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedleak.attacks.fit import FitCheck, FitTerms
+from fedleak.device import device_of, generator_for
 from fedleak.errors import ConfigError
 from fedleak.fl.threat import ThreatModel
 from fedleak.fl.update import ClientUpdate
@@ -106,9 +107,16 @@ class AttackInputs:
     callback: Callable[[Checkpoint], None] | None = None
     checkpoint_every: int = 100
     progress: Callable[[int, float], None] | None = None  # (iterations done, current loss)
+    memory_budget: float | int | None = None  # fraction of free memory or bytes (device.py)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the attack runs: the model's device (every tensor it creates lives there)."""
+        return device_of(self.model)
 
     def generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed)
+        """The attack's seeded generator, on the model's device (reproducible per device)."""
+        return generator_for(self.device, self.seed)
 
 
 class Attack(ABC):

@@ -248,11 +248,12 @@ class BNFedAvg(Attack):
         missing = [name for name in sim.layers if name not in target_stats]
         if missing:
             raise UpdateError(f"the update lacks the BatchNorm buffers of {missing[:3]}.")
-        weights = step_weights(momentum, steps).float()
+        weights = step_weights(momentum, steps).float().to(inputs.device)
         hw = bn_spatial_sizes(model, inputs.image_shape)
         # unbiased factor n/(n-1) per step and layer, n = batch * H * W (PyTorch's running_var)
         corr = {
-            name: torch.tensor([(b * hw[name]) / max(1, b * hw[name] - 1) for b in sizes])
+            name: torch.tensor([(b * hw[name]) / max(1, b * hw[name] - 1) for b in sizes],
+                               device=inputs.device)
             for name in sim.layers
         }
         target = dict(update.tensors)
@@ -272,7 +273,7 @@ class BNFedAvg(Attack):
                 dot = sum((tensors[k] * target[k]).flatten(1).sum(1) for k in target)
                 cn = sum(tensors[k].flatten(1).pow(2).sum(1) for k in target)
                 out["update"] = 1 - dot / (cn.sqrt() * t_norm2**0.5 + 1e-12)  # type: ignore
-            bn = torch.zeros(r)
+            bn = torch.zeros(r, device=x.device)
             for li, name in enumerate(sim.layers):
                 mu_t, var_t = target_stats[name]
                 mu = sum(weights[k] * per_step[k][li][0] for k in range(steps))
@@ -333,7 +334,8 @@ class BNFedAvg(Attack):
             kind = "prior" if prior is not None else "random"
         x0 = init_images(kind, shape, gen, prior)
         if kind in ("prior", "constant") and self.init_noise > 0:
-            x0 = (x0 + self.init_noise * torch.randn(shape, generator=gen)).clamp(0, 1)
+            noise = torch.randn(shape, generator=gen, device=gen.device)
+            x0 = (x0 + self.init_noise * noise).clamp(0, 1)
         warmup = self.warmup if self.warmup is not None else max(1, self.iterations // 20)
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:

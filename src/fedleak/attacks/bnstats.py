@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from fedleak.device import device_of
 from fedleak.errors import ConfigError, UpdateError
 from fedleak.models.utils import bn_layers
 
@@ -128,7 +129,7 @@ def bn_spatial_sizes(model: nn.Module, image_shape: tuple[int, int, int]) -> dic
     was = {m: m.training for m in model.modules()}
     model.eval()  # eval: the probe must not touch the running buffers
     try:
-        model(torch.zeros(1, *image_shape))
+        model(torch.zeros(1, *image_shape, device=device_of(model)))
     finally:
         for h in hooks:
             h.remove()

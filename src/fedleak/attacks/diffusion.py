@@ -112,9 +112,10 @@ def diffusion_setup(inputs: AttackInputs, metric: str, who: str) -> DiffusionSet
                 f"{who}: shared epsilon {tuple(eps.shape)} and t {tuple(t.shape)} do not fit "
                 f"{n} images of shape {inputs.image_shape}."
             )
-        index = (torch.arange(k)[:, None] * b + torch.arange(b)[None]) % n
+        dev = inputs.device
+        index = (torch.arange(k, device=dev)[:, None] * b + torch.arange(b, device=dev)[None]) % n
     else:
-        index = torch.arange(n)[None]
+        index = torch.arange(n, device=inputs.device)[None]
     return DiffusionSetup(
         target=target,
         weights=dict.fromkeys(target, scale),
@@ -396,18 +397,19 @@ def search_t(
     the best restart's t is rounded.
     """
     n, shape = inputs.num_images, inputs.image_shape
-    cands = torch.tensor(list(candidates), dtype=torch.long)
+    cands = torch.tensor(list(candidates), dtype=torch.long, device=inputs.device)
     c = len(cands)
     r = c * restarts
     steps = matcher.setup.schedule.steps
 
     def fresh() -> Variables:
         if latent:
-            z = torch.randn((r, n, *shape), generator=gen)
-            return {"latent": z, "eps": torch.randn((r, n, *shape), generator=gen)}
+            z = torch.randn((r, n, *shape), generator=gen, device=gen.device)
+            eps = torch.randn((r, n, *shape), generator=gen, device=gen.device)
+            return {"latent": z, "eps": eps}
         return {
-            "images": torch.rand((r, n, *shape), generator=gen),
-            "eps": torch.randn((r, n, *shape), generator=gen),
+            "images": torch.rand((r, n, *shape), generator=gen, device=gen.device),
+            "eps": torch.randn((r, n, *shape), generator=gen, device=gen.device),
         }
 
     def images_of(v: Variables, j: int) -> torch.Tensor:
@@ -434,10 +436,10 @@ def search_t(
     if mode != "enumerate":
         raise ConfigError(f"`t_search` must be one of {T_SEARCHES}; got {mode!r}.")
     grid_t = cands.repeat_interleave(restarts)  # (R,)
-    t_est = torch.zeros(n, dtype=torch.long)
+    t_est = torch.zeros(n, dtype=torch.long, device=inputs.device)
     distances: list[list[float]] = [[] for _ in range(n)]
-    best_images = torch.zeros((n, *shape))
-    best_eps = torch.zeros((n, *shape))
+    best_images = torch.zeros((n, *shape), device=inputs.device)
+    best_eps = torch.zeros((n, *shape), device=inputs.device)
     # N > 1: all images on one candidate, then two sweeps image by image
     plan: list[int | None] = [None, *range(n), *range(n)] if n > 1 else [0]
     for who in plan:
@@ -489,7 +491,7 @@ def embedding_residuals(
     rank = max(1, min(rank, max_rank, vh.shape[0] - 1))
     basis = vh[:rank]
     with torch.no_grad():
-        e = features(torch.tensor(list(candidates), dtype=torch.float32)).double()
+        e = features(torch.tensor(list(candidates), dtype=torch.float32, device=g.device)).double()
     e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
     resid = (e - (e @ basis.T) @ basis).norm(dim=1)
     return resid.float(), rank
@@ -667,7 +669,8 @@ def _search_and_t(
         order = resid.argsort().tolist()
         short = sorted(cands[i] for i in order[:rank])
         if len(short) == 1 or n == 1:
-            t = torch.full((n,), short[0] if len(short) == 1 else cands[order[0]])
+            t = torch.full((n,), short[0] if len(short) == 1 else cands[order[0]],
+                           device=inputs.device)
             found = TSearchResult(
                 t=t, distances=[resid.tolist()] * n, candidates=cands, images=None, eps=None,
                 iterations=0, history=[],
@@ -776,7 +779,7 @@ class DiffusionIG(Attack):
         setup = diffusion_setup(inputs, self.metric, who)
         if self.joint_noise:
             setup.shared_eps = setup.shared_t = None  # eps is a variable: one per image
-            setup.index = torch.arange(inputs.num_images)[None]
+            setup.index = torch.arange(inputs.num_images, device=inputs.device)[None]
         else:
             _need_shared(setup, who, "joint_noise=True or attack 'gidm-plus'")
         sim = DiffusionSimulator(inputs.model, setup)
@@ -802,14 +805,16 @@ class DiffusionIG(Attack):
         done = 0
         history: list[float] = []
         if not self.joint_noise:
-            v0: Variables = {"images": torch.rand((r, n, *shape), generator=gen)}
+            v0: Variables = {
+                "images": torch.rand((r, n, *shape), generator=gen, device=gen.device)
+            }
             extras["t"] = _shared_t_list(setup)
         else:
             t, found = _search_and_t(self, matcher, inputs, gen, who)
             extras.update(_search_extras(t, found))
             v0 = {
-                "images": torch.rand((r, n, *shape), generator=gen),
-                "eps": torch.randn((r, n, *shape), generator=gen),
+                "images": torch.rand((r, n, *shape), generator=gen, device=gen.device),
+                "eps": torch.randn((r, n, *shape), generator=gen, device=gen.device),
             }
             if found is not None and found.images is not None:  # continue from the search
                 v0["images"][0], v0["eps"][0] = found.images, found.eps
@@ -887,10 +892,10 @@ class _GIDMBase(Attack):
         """Phase 1 on the prior's latent, then phase 2 on pixels (eps jointly if private)."""
         k = self._use_prior(setup, matcher, who)
         r, n, shape = self.restarts, inputs.num_images, inputs.image_shape
-        v1: Variables = {"latent": torch.randn((r, n, *shape), generator=gen)}
+        v1: Variables = {"latent": torch.randn((r, n, *shape), generator=gen, device=gen.device)}
         private = t is not None
         if private:
-            eps_init = torch.randn((r, n, *shape), generator=gen)
+            eps_init = torch.randn((r, n, *shape), generator=gen, device=gen.device)
             if eps0 is not None:
                 eps_init[:] = eps0
             v1["eps"] = eps_init
@@ -1051,7 +1056,7 @@ class GIDMPlus(_GIDMBase):
         setup = diffusion_setup(inputs, self.metric, who)
         # private noise: whatever the client shared is ignored
         setup.shared_eps = setup.shared_t = None
-        setup.index = torch.arange(inputs.num_images)[None]
+        setup.index = torch.arange(inputs.num_images, device=inputs.device)[None]
         matcher = Matcher(
             DiffusionSimulator(inputs.model, setup), setup, self.metric, tv=self.tv,
             eps_prior=self.eps_prior,

@@ -122,10 +122,10 @@ class DLG(Attack):
         for _attempt in range(self.restarts * (RETRIES + 1)):
             if len(results) >= self.restarts:
                 break
-            x = torch.rand((1, n, *shape), generator=gen).requires_grad_(True)
+            x = torch.rand((1, n, *shape), generator=gen, device=gen.device).requires_grad_(True)
             variables = [x]
             if joint:
-                y = torch.randn((1, n, k), generator=gen).requires_grad_(True)
+                y = torch.randn((1, n, k), generator=gen, device=gen.device).requires_grad_(True)
                 variables.append(y)
             else:
                 y = inputs.labels.reshape(1, n)  # type: ignore[union-attr]

@@ -54,6 +54,7 @@ from fedleak.attacks.inverting import (
 )
 from fedleak.attacks.optimize import lr_factor, optimize, total_variation
 from fedleak.attacks.simulate import attack_model, gradient_distance
+from fedleak.device import generator_for
 from fedleak.errors import ConfigError
 from fedleak.models.utils import bn_layers
 
@@ -281,14 +282,14 @@ class GradInversion(Attack):
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
             return f(v["images"])[0]
 
-        noise_gen = torch.Generator().manual_seed(inputs.seed + 1)
+        noise_gen = generator_for(inputs.device, inputs.seed + 1)
 
         def after_step(v: dict[str, torch.Tensor], it: int) -> None:
             state["it"] = it + 1
             if self.langevin:
                 std = self.langevin * lr_factor(self.schedule, it, self.iterations)
                 x = v["images"]
-                x.add_(torch.randn(x.shape, generator=noise_gen) * std)
+                x.add_(torch.randn(x.shape, generator=noise_gen, device=x.device) * std)
 
         res = optimize(
             {"images": x0}, objective, inputs, iterations=self.iterations, lr=self.lr,

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from fedleak.attacks.simulate import pseudo_gradient
+from fedleak.device import generator_for
 from fedleak.errors import ConfigError
 from fedleak.fl.update import ClientUpdate, TrainingConfig
 
@@ -109,7 +110,7 @@ def _simulate(
     # the hook fires on local_update's deep copy too: forward hooks are copied with the module
     fsum = torch.stack([f.flatten(1).sum(1).mean() for f in feats]).mean() if feats else None
     w, b = _last_layer_grads(model, sim)
-    return w, b, (fsum if fsum is not None else torch.tensor(1.0))
+    return w, b, (fsum if fsum is not None else torch.tensor(1.0, device=w.device))
 
 
 def _signal(w: torch.Tensor, b: torch.Tensor | None, fsum: torch.Tensor) -> torch.Tensor:
@@ -141,7 +142,7 @@ def label_arrangements(
     found = {key(torch.arange(n)): torch.arange(n)}
     tries = 0
     while len(bounds) > 1 and len(found) < count and tries < 20 * count:
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen, device=gen.device)
         found.setdefault(key(order), order)
         tries += 1
     return torch.stack([labels[o] for o in found.values()])
@@ -170,20 +171,21 @@ def count_labels(
         )
     w, b = _last_layer_grads(model, update)
     k = w.shape[0]
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator_for(w.device, seed)
     cfg = update.training
     if update.kind == "delta" and cfg is None:
         raise ConfigError("counting labels from a FedAvg update needs the training details.")
     fedavg = update.kind == "delta" and cfg is not None and cfg.local_steps > 1
 
     shuffle = cfg.shuffle if cfg is not None else False
-    labels = torch.arange(num_images) % k  # any start: FedSGD does not depend on it
+    # any start: FedSGD does not depend on it
+    labels = torch.arange(num_images, device=w.device) % k
     counts = None
     for _ in range(rounds if fedavg else 1):
         est = torch.bincount(labels, minlength=k).double()
         for _ in range(simulations):
-            dummies = torch.rand((num_images, *image_shape), generator=gen)
-            s = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            dummies = torch.rand((num_images, *image_shape), generator=gen, device=gen.device)
+            s = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
             ws, bs, fsum = _simulate(
                 model, cfg, update.kind, labels, dummies, seed=s, shuffle=shuffle
             )
@@ -205,7 +207,7 @@ def _round_counts(est: torch.Tensor, n: int) -> torch.Tensor:
     rest = n - int(counts.sum())
     if rest > 0:
         counts[(est - counts).argsort(descending=True)[:rest]] += 1
-    return torch.repeat_interleave(torch.arange(est.numel()), counts)
+    return torch.repeat_interleave(torch.arange(est.numel(), device=est.device), counts)
 
 
 def recover_labels(

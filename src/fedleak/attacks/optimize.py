@@ -27,6 +27,8 @@ from fedleak.errors import AttackDivergedError, ConfigError
 Variables = dict[str, torch.Tensor]
 #: fresh starts per restart after a non-finite loss or gradient, before the restart is given up
 RETRIES = 3
+#: longest wait between two progress reports, in seconds
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass
@@ -71,6 +73,9 @@ def optimize(
     fresh: Callable[[torch.Tensor], Variables] | None = None,
     retries: int = RETRIES,
     who: str = "the attack",
+    chunk: int | None = None,
+    select_after: float | None = None,
+    constants: Variables | None = None,
 ) -> OptimizationResult:
     """Minimize ``objective`` over ``variables`` with Adam.
 
@@ -85,6 +90,19 @@ def optimize(
             restart is given up at once.
         retries: fresh starts allowed per restart; ``who`` names the attack in the error.
 
+        chunk: restarts per forward/backward (memory); None: all at once. Only for objectives
+            whose restarts are independent (the loss of restart i depends on row i alone).
+        constants: per-restart tensors (leading dim R) the objective reads but does not
+            optimize (e.g. each restart's labels); sliced with the variables for chunks and
+            restart selection, and passed to ``objective`` in the same dict.
+        select_after: with R > 1, after this fraction of ``iterations`` only the restart with
+            the lowest attack loss so far continues (with its Adam state); the others keep
+            their best iterate and loss, and NaN history from then on. None: all run to the
+            end. Restart-separable objectives only.
+
+    Progress: ``inputs.progress`` is called at every checkpoint and at least every
+    :data:`PROGRESS_SECONDS` in between, so a bar moves even when iterations are slow.
+
     Raises:
         AttackDivergedError: no restart kept a finite loss with finite gradients.
     """
@@ -93,43 +111,62 @@ def optimize(
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in variables.items()}
     opt = torch.optim.Adam(list(leaves.values()), lr=lr, betas=betas)
     r = next(iter(leaves.values())).shape[0]
-    history = torch.empty(iterations, r)
+    dev = next(iter(leaves.values())).device
+    history = torch.full((iterations, r), float("nan"), device=dev)
     best = {k: v.detach().clone() for k, v in leaves.items()}
-    best_loss = torch.full((r,), float("inf"))
-    alive = torch.ones(r, dtype=torch.bool)
-    left = torch.full((r,), retries if fresh is not None else 0)
+    best_loss = torch.full((r,), float("inf"), device=dev)
+    alive = torch.ones(r, dtype=torch.bool, device=dev)
+    left = torch.full((r,), retries if fresh is not None else 0, device=dev)
     retried = 0
     decode = decode or (lambda v: v[image_key])
+    select_at = None if select_after is None or r == 1 else int(select_after * iterations)
+    rows = torch.arange(r, device=dev)  # the restarts still running: all, or the selected one
+    const = dict(constants or {})
     start = time.perf_counter()
+    shown = start  # when progress was last reported
     done = 0
     for it in range(iterations):
+        if it == select_at:
+            leaves, opt, rows = _keep_best(leaves, opt, int(best_loss.argmin()))
+            const = {k: v[rows.to(v.device)] for k, v in const.items()}
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(schedule, it, iterations, warmup)
         opt.zero_grad(set_to_none=True)
-        loss = objective(leaves)  # (R,)
-        loss.sum().backward()
+        active = rows.numel()
+        if chunk is None or chunk >= active:
+            loss = objective({**leaves, **const})  # (R,)
+            loss.sum().backward()
+        else:  # each chunk's graph is freed before the next one is built
+            parts = []
+            for s in range(0, active, chunk):
+                part = objective({k: v[s : s + chunk] for k, v in {**leaves, **const}.items()})
+                part.sum().backward()
+                parts.append(part.detach())
+            loss = torch.cat(parts)
         with torch.no_grad():
-            lv = loss.detach().cpu()
-            history[it] = lv
+            lv = loss.detach()
+            history[it, rows] = lv
             ok = torch.isfinite(lv)
             for v in leaves.values():
                 if v.grad is not None:
-                    ok &= torch.isfinite(v.grad).flatten(1).all(1).cpu()
-            bad = alive & ~ok
-            ok &= alive
-            improved = ok & (lv < best_loss)
-            best_loss = torch.where(improved, lv, best_loss)
+                    ok &= torch.isfinite(v.grad).flatten(1).all(1)
+            running = alive[rows]
+            bad = running & ~ok
+            ok &= running
+            improved = ok & (lv < best_loss[rows])
+            best_loss[rows] = torch.where(improved, lv, best_loss[rows])
             for k, v in leaves.items():
-                mask = improved.to(v.device).view(-1, *([1] * (v.ndim - 1)))
-                best[k] = torch.where(mask, v.detach(), best[k])
+                mask = improved.view(-1, *([1] * (v.ndim - 1)))
+                best[k][rows] = torch.where(mask, v.detach(), best[k][rows])
             if bool(bad.any()):
-                retry = bad & (left > 0)
-                alive &= ~(bad & ~retry)
+                retry = bad & (left[rows] > 0)
+                alive[rows] = running & ~(bad & ~retry)
                 if bool(retry.any()):
-                    idx = torch.nonzero(retry).flatten()
+                    local = torch.nonzero(retry).flatten()
+                    idx = rows[local]
                     left[idx] -= 1
                     retried += int(idx.numel())
-                    _restart_rows(opt, leaves, idx, fresh(idx))  # type: ignore[misc]
+                    _restart_rows(opt, leaves, local, fresh(idx.cpu()))  # type: ignore[misc]
                 if not bool(alive.any()):
                     raise AttackDivergedError(
                         f"{who} diverged: the loss or image gradient of every restart went "
@@ -151,10 +188,14 @@ def optimize(
             if project is not None:
                 project(leaves)
         done = it + 1
-        if done % inputs.checkpoint_every == 0 or done == iterations:
+        checkpoint = done % inputs.checkpoint_every == 0 or done == iterations
+        if inputs.progress is not None and (
+            checkpoint or time.perf_counter() - shown >= PROGRESS_SECONDS
+        ):
+            inputs.progress(done, float(best_loss.min()))
+            shown = time.perf_counter()
+        if checkpoint:
             current = float(best_loss.min())
-            if inputs.progress is not None:
-                inputs.progress(done, current)
             if inputs.callback is not None and bool(torch.isfinite(best_loss).any()):
                 i = int(best_loss.argmin())
                 with torch.no_grad():
@@ -174,6 +215,23 @@ def optimize(
         seconds=time.perf_counter() - start,
         retried=retried,
     )
+
+
+def _keep_best(
+    leaves: Variables, opt: torch.optim.Adam, i: int
+) -> tuple[Variables, torch.optim.Adam, torch.Tensor]:
+    """Continue restart ``i`` alone: its current iterate and its slice of Adam's state."""
+    kept = {k: v.detach()[i : i + 1].clone().requires_grad_(True) for k, v in leaves.items()}
+    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    new = torch.optim.Adam(list(kept.values()), **group)
+    for old_leaf, new_leaf in zip(leaves.values(), kept.values(), strict=True):
+        state = opt.state.get(old_leaf, {})
+        new.state[new_leaf] = {
+            name: (t if name == "step" or t.ndim == 0 else t[i : i + 1].clone())
+            for name, t in state.items()
+        }
+    device = next(iter(leaves.values())).device
+    return kept, new, torch.tensor([i], device=device)
 
 
 def _restart_rows(
@@ -210,17 +268,17 @@ def init_images(
     "random" (uniform in [0, 1]), "randn" (standard normal), "constant" (0.5) or "prior".
     """
     if kind == "random":
-        return torch.rand(shape, generator=generator)
+        return torch.rand(shape, generator=generator, device=generator.device)
     if kind == "constant":
-        return torch.full(shape, 0.5)
+        return torch.full(shape, 0.5, device=generator.device)
     if kind == "prior":
         if prior is None:
             raise ConfigError(
                 "`init='prior'` needs a prior image: give ThreatModel(level='D', prior=...)."
             )
-        return prior.reshape(1, 1, *shape[2:]).expand(shape).clone()
+        return prior.to(generator.device).reshape(1, 1, *shape[2:]).expand(shape).clone()
     if kind == "randn":
-        return torch.randn(shape, generator=generator)
+        return torch.randn(shape, generator=generator, device=generator.device)
     raise ConfigError(
         f"`init` must be 'random', 'randn', 'constant' or 'prior'; got {kind!r}."
     )

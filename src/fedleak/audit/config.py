@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedleak._config_io import apply_overrides, read_config_file
+from fedleak.device import resolve_device
 from fedleak.engines.config import EngineConfig
 from fedleak.errors import ConfigError
 
@@ -111,6 +112,7 @@ class SelfCheckConfig:
 @dataclass
 class AuditConfig:
     seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (fedleak.device.resolve_device)
     task: str = "classification"  # or "diffusion"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +129,7 @@ class AuditConfig:
     def validate(self) -> AuditConfig:
         """Check the ranges and combinations the run needs, before anything runs."""
         fed, aud, sc = self.federation, self.audit, self.selfcheck
+        resolve_device(self.device)  # an unknown or absent device fails here, in one line
         if self.task not in TASKS:
             raise ConfigError(f"`task` must be one of {', '.join(TASKS)}; got {self.task!r}.")
         diffusion = self.task == "diffusion"

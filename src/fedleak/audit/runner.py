@@ -24,6 +24,7 @@ from fedleak.audit.config import AuditConfig, ClientSpec
 from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset, load_dataset, partition, resize, to_channels
 from fedleak.defenses import compose, make_filter
+from fedleak.device import resolve_device
 from fedleak.engines import ENGINE_KEY, Engine, EngineStatus, PlacementLog, make_engine
 from fedleak.errors import ConfigError, DataError
 from fedleak.fl import ClientData, ClientUpdate, ThreatModel, federate, local_update
@@ -124,7 +125,7 @@ def _diffusion_federation(
         extra["prior_model"] = prior_for(
             dif.prior_model, public.images, cache=out / "prior_model.pt", schedule=schedule,
             prediction=dif.prediction, steps=dif.prior_steps, seed=cfg.seed,
-            flip=cfg.data.name == "lfw-faces", log=log,
+            flip=cfg.data.name == "lfw-faces", log=log, device=resolve_device(cfg.device),
         )
 
     def evaluate(m: nn.Module) -> float:
@@ -373,6 +374,7 @@ def _run_audit(
             **cfg.model.options,
         )
         trainer, evaluate, extra = local_update, None, {}
+    model.to(resolve_device(cfg.device))  # clients train and attacks run where the model is
     attack_options = {**aud.options, **extra}
     prior = load_prior(aud.prior, public)
     if sc.enabled and sc.rdlv_threshold is not None and prior is None:

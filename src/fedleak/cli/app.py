@@ -33,6 +33,18 @@ app = typer.Typer(
 out_console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 STATE = {"quiet": False}
+DEVICE_HELP = "auto (a GPU when present), cpu, cuda, cuda:N or mps."
+DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+
+
+def check_device(device: str) -> str:
+    """Resolve ``--device`` before any work; an absent device is a one-line error."""
+    from fedleak.device import resolve_device
+
+    dev = resolve_device(device)
+    if device.strip().lower() == "auto":
+        log(f"device: {dev} (auto)")
+    return device
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -209,11 +221,13 @@ def main_options(
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("fedleak-runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = 0,
+    device: DeviceOption = "auto",
 ) -> None:
     """A small federation on lfw-faces; the server attacks one client's FedSGD update."""
     from fedleak.cli.jobs import demo as run_demo
 
-    result = run_demo(out, seed=seed, progress_factory=progress_bar, log=log)
+    result = run_demo(out, seed=seed, progress_factory=progress_bar, log=log,
+                      device=check_device(device))
     print_scores(
         [{"client": 0, "attack": "dlg", "scores": result["scores"], "fit": result.get("fit")}],
         "What the server rebuilt from client 0's update",
@@ -313,6 +327,7 @@ def attack(
     truth: Annotated[
         str | None, typer.Option(help="The client's real images (scoring only): .pt/.npz/DATA.")
     ] = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Simulate one client update and attack it; writes metrics, grid and config to OUT.
 
@@ -364,6 +379,7 @@ def attack(
         share_noise=share_noise,
         prior_model=None if prior_model is None else str(prior_model),
         prior_steps=prior_steps,
+        device=check_device(device),
     )
     total = planned_iterations(attack_name, attack_options)
     with progress_bar(f"{attack_name}", total) as prog:
@@ -409,6 +425,9 @@ def audit(
         typer.Option(help="Ray cluster: auto or HOST:PORT (implies --engine ray); none: a "
                      "local Ray started for the run."),
     ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help=f"device (config `device:`): {DEVICE_HELP}")
+    ] = None,
 ) -> None:
     """Run a federation from a config and audit its leakage per round and per client."""
     from fedleak._config_io import read_config_file
@@ -424,6 +443,7 @@ def audit(
         ("audit.attack", attack_name),
         ("audit.options.iterations", iterations),
         ("seed", seed),
+        ("device", device),
     ):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -489,6 +509,9 @@ def sweep(
         typer.Option(help="Ray cluster: auto or HOST:PORT (implies --engine ray); none: a "
                      "local Ray started for the run."),
     ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help=f"device (config `device:`): {DEVICE_HELP}")
+    ] = None,
 ) -> None:
     """Defenses x hyperparameters x seeds: privacy-utility curves (seed 001's study)."""
     from fedleak._config_io import read_config_file
@@ -501,7 +524,9 @@ def sweep(
     overrides = [*(set_ or []), *engine_overrides(engine, ray_address, "local|ray")]
     cfg = load_sweep_config(config, overrides)
     with engine_progress("cells") as status:
-        summary = run_sweep(cfg, out, resume=resume, workers=workers, log=log, status=status)
+        summary = run_sweep(
+            cfg, out, resume=resume, workers=workers, log=log, status=status, device=device
+        )
     if report:
         _write_report(out)
     out_console.print(f"Sweep folder: {out}")

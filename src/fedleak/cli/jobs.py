@@ -19,6 +19,7 @@ from fedleak.attacks import Checkpoint, Reconstruction
 from fedleak.attacks.fedavg_epochs import route_attack
 from fedleak.audit.config import DIFFUSION_ATTACKS
 from fedleak.data import ImageDataset, load_dataset
+from fedleak.device import resolve_device
 from fedleak.errors import ConfigError
 from fedleak.fl import ThreatModel
 from fedleak.metrics import score_images
@@ -59,6 +60,7 @@ class AttackJob:
     share_noise: bool = False  # diffusion: the client sends its eps and t in the clear
     prior_model: str | None = None  # gidm/gidm-plus: a saved prior; None: train one
     prior_steps: int = 1000  # steps of that training, on the data set's public split
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (fedleak.device.resolve_device)
 
     def training(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -138,6 +140,7 @@ def run_attack_job(
     """
     if job.task not in ("classification", "diffusion"):
         raise ConfigError(f"`--task` must be 'classification' or 'diffusion'; got {job.task!r}.")
+    resolve_device(job.device)  # an absent device fails before anything is written
     check_attack(job.attack, job.attack_options, job.threat)
     if job.task == "diffusion":
         with claim_run_folder(out, overwrite=overwrite):
@@ -148,7 +151,7 @@ def run_attack_job(
     torch.manual_seed(job.seed)
     model = build_model(
         job.model, input_shape=ds.image_shape, num_classes=ds.num_classes, **job.model_options
-    )
+    ).to(resolve_device(job.device))
     images, labels = pick_images(ds, job.num_images, job.seed)
     update = fedleak.observe(model, images, labels, seed=job.seed, **training)
     with claim_run_folder(out, overwrite=overwrite):  # validated: now the folder is ours
@@ -217,6 +220,7 @@ def run_diffusion_attack_job(
     torch.manual_seed(job.seed)
     config = {"image_size": h, "in_channels": c, "num_timesteps": schedule.steps}
     model = UNet(UNetConfig.from_dict({**config, **job.model_options}))
+    model.to(resolve_device(job.device))
     images, _ = pick_images(ds, job.num_images, job.seed)
     training: dict[str, Any] = {"protocol": job.protocol, "lr": job.lr, "seed": job.seed}
     true_t = None
@@ -241,7 +245,7 @@ def run_diffusion_attack_job(
         options["prior_model"] = prior_for(
             job.prior_model, public.images, cache=out / "prior_model.pt", schedule=schedule,
             prediction=job.prediction, steps=job.prior_steps, seed=job.seed,
-            flip=job.data == "lfw-faces", log=log,
+            flip=job.data == "lfw-faces", log=log, device=resolve_device(job.device),
         )
     ckpt = out / "checkpoints.jsonl"
     ckpt.unlink(missing_ok=True)
@@ -312,7 +316,9 @@ def finish_run(
     return result
 
 
-def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[str, Any]:
+def demo(
+    out: Path, *, seed: int = 0, progress_factory=None, log=print, device: str = "auto"
+) -> dict[str, Any]:
     """The main job: a small federation on lfw-faces; the server attacks one client's update.
 
     Four clients hold 1, 3, 8 and 24 images (faces and non-faces) and send FedSGD gradients of a
@@ -322,6 +328,7 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
     the training), runs DLG with iDLG labels on the smallest client's first-round gradient.
     """
     t0 = time.perf_counter()
+    resolve_device(device)  # an absent device fails before anything is written
     with claim_run_folder(out, overwrite=True):  # a rerun replaces the demo
         config = {
             "data": "lfw-faces",
@@ -337,6 +344,7 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
             "attack_options": {"iterations": 1000, "restarts": 3, "tolerance": 1e-5},
             "threat": "C",
             "seed": seed,
+            "device": device,
         }
         write_config(out, config, "demo")
         train = load_dataset("lfw-faces", size=32, split="train")
@@ -362,6 +370,7 @@ def demo(out: Path, *, seed: int = 0, progress_factory=None, log=print) -> dict[
             seed=seed,
             train={"protocol": "fedsgd", "lr": config["lr"]},
             on_update=on_update,
+            device=device,
         ):
             append_jsonl(out / "rounds.jsonl", {"round": res.round, "accuracy": res.accuracy})
             if res.round == 1 or res.round % 5 == 0:

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedleak.defenses.training import TrainingDefense, check_number, fail, register_training_defense
+from fedleak.device import device_of, generator_for
 from fedleak.errors import ConfigError
 from fedleak.fl.client import build_update, plan_local, plan_optimizer, run_local_steps, trainable
 from fedleak.fl.update import ClientUpdate
@@ -174,6 +175,7 @@ class DPSGD(TrainingDefense):
             client_id=client_id, round=round,
         )
         net = copy.deepcopy(model)
+        images, labels = images.to(device_of(net)), labels.to(device_of(net))
         net.train()
         names, params = trainable(net)
         with warnings.catch_warnings():
@@ -186,7 +188,7 @@ class DPSGD(TrainingDefense):
             max_grad_norm=self.max_grad_norm,
             expected_batch_size=plan.batch_size,
             loss_reduction="mean",
-            generator=torch.Generator().manual_seed(seed + 1),
+            generator=generator_for(images.device, seed + 1),  # opacus draws on the params' device
         )
         ledger = self._ledger(client_id or "0")
         rate = min(1.0, plan.batch_size / plan.n)

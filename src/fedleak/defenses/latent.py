@@ -53,6 +53,7 @@ from fedleak.defenses.training import (
     make_optimizer,
     register_training_defense,
 )
+from fedleak.device import device_of, generator_for
 from fedleak.errors import ConfigError
 from fedleak.fl.server import ClientData
 from fedleak.fl.update import ClientUpdate
@@ -169,7 +170,7 @@ class LatentPerturbation(TrainingDefense):
             net.noise.mean.fill_(self.mean)
             net.noise.std.fill_(self.std)
         net.noise.set_learnable(True)
-        net.noise.generator = torch.Generator().manual_seed(seed + 1)
+        net.noise.generator = generator_for(images.device, seed + 1)
         decoder = LatentDecoder(net.latent_shape, _input_shape(base))
         net.train()
         decoder.train()
@@ -179,7 +180,7 @@ class LatentPerturbation(TrainingDefense):
         n = images.shape[0]
         b = min(self.pretrain_batch_size, n)
         steps = self.pretrain_epochs * math.ceil(n / b)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # cpu generator: batch indices
         for idx in local_batches(n, b, steps, True, gen):
             x, y = images[idx], labels[idx]
             self._minimax_step(net, decoder, dec_opt, x, y).backward()
@@ -241,7 +242,7 @@ class LatentPerturbation(TrainingDefense):
 
         def prepare(net: nn.Module) -> None:
             self._load_noise(net, client_id)
-            net.noise.generator = torch.Generator().manual_seed(seed + 7)
+            net.noise.generator = generator_for(device_of(net), seed + 7)
 
         def objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
             return self._minimax_step(net, decoder, dec_opt, x, y)  # type: ignore[arg-type]

@@ -103,9 +103,11 @@ class SecureAggregation(TrainingDefense):
             sign = 1.0 if j > i else -1.0
             for k in keys:
                 m = torch.randn(tensors[k].shape, generator=gen, dtype=torch.float64)
+                m = m.to(tensors[k].device)  # masks drawn on the CPU: the same on every device
                 tensors[k] = tensors[k] + sign * self.mask_scale * m
             for k in bkeys:
                 m = torch.randn(buffers[k].shape, generator=gen, dtype=torch.float64)
+                m = m.to(buffers[k].device)
                 buffers[k] = buffers[k] + sign * self.mask_scale * m
         return u.replace(tensors=tensors, buffers=buffers, num_samples=1)
 

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from fedleak.device import device_of
 from fedleak.fl.client import (  # noqa: F401  (the local-training helpers, also importable here)
     LocalPlan,
     build_update,
@@ -202,6 +203,7 @@ def local_training(
         client_id=client_id, round=round,
     )
     net = copy.deepcopy(model)
+    images, labels = images.to(device_of(net)), labels.to(device_of(net))  # train where it lives
     if prepare is not None:
         prepare(net)
     set_bn_mode(net, bn_mode)

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from fedleak.device import device_of, generator_for
 from fedleak.diffusion.schedule import (
     NoiseSchedule,
     check_prediction,
@@ -48,8 +49,8 @@ def draw_noise(
     n: int, shape: tuple[int, ...], schedule: NoiseSchedule, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample timesteps (uniform over the T steps) and Gaussian noise from the client's RNG."""
-    t = torch.randint(0, schedule.steps, (n,), generator=generator)
-    eps = torch.randn((n, *shape), generator=generator)
+    t = torch.randint(0, schedule.steps, (n,), generator=generator, device=generator.device)
+    eps = torch.randn((n, *shape), generator=generator, device=generator.device)
     return t, eps
 
 
@@ -97,7 +98,8 @@ def diffusion_update(
     if not isinstance(share_noise, bool):
         raise ConfigError(f"`share_noise` of {caller} must be True or False; got {share_noise!r}.")
     n, shape = images.shape[0], tuple(images.shape[1:])
-    gen = torch.Generator().manual_seed(seed)
+    images = images.to(device_of(model))  # the client trains where the model lives
+    gen = generator_for(images.device, seed)
     net = copy.deepcopy(model)
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
@@ -108,8 +110,8 @@ def diffusion_update(
         if local_steps != 1:
             raise ConfigError(f"FedSGD sends one gradient: `local_steps` of {caller} must be 1.")
         t_draw, eps_draw = draw_noise(n, shape, schedule, gen)
-        t = t_draw if t is None else torch.as_tensor(t).long().reshape(-1)
-        eps = eps_draw if epsilon is None else epsilon.float()
+        t = t_draw if t is None else torch.as_tensor(t).long().reshape(-1).to(images.device)
+        eps = eps_draw if epsilon is None else epsilon.float().to(images.device)
         if t.shape != (n,) or eps.shape != images.shape:
             raise ConfigError(
                 f"`t` and `epsilon` of {caller} must be ({n},) and {tuple(images.shape)}; got "

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedleak.device import device_of, generator_for
 from fedleak.diffusion.client import diffusion_update, draw_noise
 from fedleak.diffusion.schedule import NoiseSchedule, check_prediction, diffusion_loss
 from fedleak.errors import ConfigError
@@ -65,7 +66,7 @@ def diffusion_trainer(
         n = images.shape[0]
         kwargs: dict[str, Any] = {}
         if protocol == "fedsgd":
-            gen = torch.Generator().manual_seed(seed)
+            gen = generator_for(device_of(model), seed)
             t, eps = draw_noise(n, tuple(images.shape[1:]), schedule, gen)
             kwargs = {"t": t, "epsilon": eps}
             if truth is not None:
@@ -98,13 +99,13 @@ def diffusion_test_loss(
     curve shows training progress and not sampling noise.
     """
     schedule = NoiseSchedule.from_spec(schedule)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator_for(device_of(model), seed)
     was_training = model.training
     model.eval()
     total = 0.0
     try:
         for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size]
+            x = images[start : start + batch_size].to(gen.device)
             t, eps = draw_noise(x.shape[0], tuple(x.shape[1:]), schedule, gen)
             total += float(diffusion_loss(model, x, t, eps, schedule, prediction)) * x.shape[0]
     finally:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedleak.device import generator_for, resolve_device
 from fedleak.diffusion.client import draw_noise
 from fedleak.diffusion.schedule import NoiseSchedule, check_prediction, diffusion_loss
 from fedleak.diffusion.unet import UNet, UNetConfig
@@ -48,6 +49,7 @@ def train_prior(
     seed: int = 0,
     log: Callable[[int, float], None] | None = None,
     log_every: int = 250,
+    device: str | torch.device | None = None,
 ) -> UNet:
     """Train a :class:`UNet` on ``images`` (N, C, H, W) in [0, 1]; returns the EMA weights.
 
@@ -65,20 +67,22 @@ def train_prior(
     if h != w:
         raise ConfigError(f"`images` of {caller} must be square; got {h}x{w}.")
     cfg = config or UNetConfig(image_size=h, in_channels=c, num_timesteps=schedule.steps)
+    dev = images.device if device is None else resolve_device(device)
+    images = images.to(dev)
     torch.manual_seed(seed)
-    model = UNet(cfg)
+    model = UNet(cfg).to(dev)  # initialized on the CPU (same weights on every device)
     avg = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator_for(dev, seed)
     n = images.shape[0]
     running, count = 0.0, 0
     model.train()
     for step in range(1, steps + 1):
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen, device=gen.device)
         x = images[idx]
         if flip:
-            mask = torch.rand(x.shape[0], generator=gen) < 0.5
+            mask = torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         t, eps = draw_noise(x.shape[0], tuple(x.shape[1:]), schedule, gen)
         loss = diffusion_loss(model, x, t, eps, schedule, prediction)
@@ -177,6 +181,7 @@ def prior_for(
     flip: bool = False,
     seed: int = 0,
     log: Callable[[str], None] = lambda m: None,
+    device: str | torch.device | None = None,
 ) -> UNet:
     """The attacker's prior: the user's saved model at ``path``, else one trained on ``public``.
 
@@ -202,6 +207,7 @@ def prior_for(
         public, schedule=schedule, prediction=prediction, steps=steps,
         batch_size=min(32, len(public)), flip=flip, seed=seed,
         log=lambda s, loss: log(f"  prior step {s}: loss {loss:.4f}"), log_every=250,
+        device=device,
     )
     save_model(model, cache, info={"images": len(public), "steps": steps, "seed": seed})
     return model

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedleak.device import device_of
 from fedleak.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear")
@@ -202,6 +203,13 @@ def ddim_sample(
 
 
 @torch.no_grad()
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device):
+    """Normal noise on ``device``, drawn on the generator's device (reproducible per generator)."""
+    gen_device = generator.device if generator is not None else device
+    x = torch.randn(shape, generator=generator, device=gen_device)
+    return x.to(device)
+
+
 def ddpm_sample(
     model: nn.Module,
     shape: tuple[int, ...],
@@ -212,20 +220,21 @@ def ddpm_sample(
     clip: bool = True,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling over all T steps (posterior variance beta_tilde); [0, 1] images."""
-    x = torch.randn(shape, generator=generator)
-    ab = schedule.alphas_cumprod
+    dev = device_of(model)
+    x = _randn(shape, generator, dev)
+    ab = schedule.alphas_cumprod.to(dev)
     for t in range(schedule.steps - 1, -1, -1):
-        tt = torch.full((shape[0],), t, dtype=torch.long)
+        tt = torch.full((shape[0],), t, dtype=torch.long, device=dev)
         x0, _ = schedule.predict_x0_eps(x, tt, model(x, tt), prediction)
         if clip:
             x0 = x0.clamp(-1, 1)
         if t == 0:
             x = x0
             break
-        ab_t, ab_prev, beta = ab[t], ab[t - 1], schedule.betas[t]
+        ab_t, ab_prev, beta = ab[t], ab[t - 1], schedule.betas[t].to(dev)
         mean = (ab_prev.sqrt() * beta / (1 - ab_t)) * x0 + (
             (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab_t)
         ) * x
         var = beta * (1 - ab_prev) / (1 - ab_t)
-        x = mean + var.sqrt() * torch.randn(shape, generator=generator)
+        x = mean + var.sqrt() * _randn(shape, generator, dev)
     return from_model_space(x).clamp(0, 1)

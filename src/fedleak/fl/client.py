@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedleak.device import device_of
 from fedleak.errors import ConfigError, DataError
 from fedleak.fl.update import ClientUpdate, TrainingConfig
 
@@ -339,6 +340,7 @@ def local_update(
         round=round,
     )
     net = copy.deepcopy(model)
+    images, labels = images.to(device_of(net)), labels.to(device_of(net))  # train where it lives
     set_bn_mode(net, bn_mode)
     bn_momentum(net)  # BatchNorm that cannot be simulated fails before any training
     names, params = trainable(net)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedleak.device import device_of, resolve_device
 from fedleak.errors import ConfigError, UpdateError
 from fedleak.fl.client import local_update
 from fedleak.fl.update import ClientUpdate
@@ -37,7 +38,8 @@ def aggregate(
             f"`weights` of aggregate must be {len(updates)} non-negative numbers with a positive "
             f"sum; got {list(weights)!r}."
         )
-    w = torch.tensor(weights, dtype=torch.float64)
+    dev = next(iter(updates[0].tensors.values())).device
+    w = torch.tensor(weights, dtype=torch.float64, device=dev)
     w = w / w.sum()
     keys = list(updates[0].tensors)
     tensors = {}
@@ -61,7 +63,7 @@ def apply_update(model: nn.Module, update: ClientUpdate, *, server_lr: float = 1
     params = dict(model.named_parameters())
     sign = 1.0 if update.kind == "delta" else -1.0
     for k, t in update.tensors.items():
-        params[k].add_(t, alpha=sign * server_lr)
+        params[k].add_(t.to(params[k].device), alpha=sign * server_lr)
     state_buffers = dict(model.named_buffers())
     for k, b in update.buffers.items():
         state_buffers[k].copy_(b)
@@ -84,8 +86,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     correct = 0
+    dev = device_of(model)
     for s in range(0, images.shape[0], batch):
-        correct += int((model(images[s : s + batch]).argmax(1) == labels[s : s + batch]).sum())
+        pred = model(images[s : s + batch].to(dev)).argmax(1).to(labels.device)
+        correct += int((pred == labels[s : s + batch]).sum())
     model.train(was_training)
     return correct / max(1, images.shape[0])
 
@@ -131,6 +135,7 @@ def federate(
     on_update: Callable[[int, int, ClientUpdate, nn.Module], None] | None = None,
     start_round: int = 1,
     trainer: Callable[..., ClientUpdate] = local_update,
+    device: str | torch.device | None = None,
 ) -> Iterator[RoundResult]:
     """Run an in-process federation, yielding one :class:`RoundResult` per round.
 
@@ -142,7 +147,11 @@ def federate(
     update the server receives, with the global model the client started from (an audit's hook).
     ``start_round`` resumes a federation whose global model is already at that round.
     ``trainer`` replaces :func:`local_update` (same signature), e.g. a training-time defense.
+    ``device`` moves ``model`` there first (default: where it is); clients train on the
+    model's device, their data stays where it is and is moved batch-wise.
     """
+    if device is not None:
+        model.to(resolve_device(device))
     if rounds < 1:
         raise ConfigError(f"`rounds` must be >= 1; got {rounds}.")
     per_round = clients_per_round or len(clients)

@@ -26,6 +26,7 @@ from fedleak.data import ImageDataset, load_dataset, partition
 from fedleak.defenses import SecureAggregation, TrainingDefense, make_training_defense
 from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
 from fedleak.defenses.filters import Filter
+from fedleak.device import device_of, resolve_device
 from fedleak.fl import ClientData, ThreatModel, federate
 from fedleak.fl.update import ClientUpdate
 from fedleak.models import build_model
@@ -57,7 +58,9 @@ def classifier_path(out: Path, cfg: SweepConfig, seed: int) -> Path:
 def _predict(model: nn.Module, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        parts = [model(images[s : s + batch]).argmax(1) for s in range(0, len(images), batch)]
+        dev = device_of(model)
+        parts = [model(images[s : s + batch].to(dev)).argmax(1).cpu()
+                 for s in range(0, len(images), batch)]
         return torch.cat(parts)
 
 
@@ -151,7 +154,7 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
         cfg.model.name, input_shape=train_ds.image_shape, num_classes=train_ds.num_classes,
         **cfg.model.options,
     )
-    model = defense.prepare_model(base)
+    model = defense.prepare_model(base).to(resolve_device(cfg.device))
     t0 = time.perf_counter()
     defense.setup(model, clients, seed=seed)
     setup_seconds = time.perf_counter() - t0
@@ -291,7 +294,7 @@ def _correlation(masked: ClientUpdate, plain: ClientUpdate) -> float:
     """Pearson correlation of a masked update with the true one (about 0: it looks random)."""
     a = torch.cat([v.flatten().double() for v in masked.tensors.values()])
     b = torch.cat([plain.tensors[k].flatten().double() for k in masked.tensors])
-    return float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
+    return float(np.corrcoef(a.cpu().numpy(), b.cpu().numpy())[0, 1])
 
 
 def _attack(

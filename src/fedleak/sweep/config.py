@@ -19,6 +19,7 @@ from fedleak._config_io import apply_overrides, read_config_file
 from fedleak.attacks import ATTACKS
 from fedleak.audit.config import from_dict
 from fedleak.defenses import FILTERS, TRAINING_DEFENSES, make_filter, make_training_defense
+from fedleak.device import resolve_device
 from fedleak.engines.config import EngineConfig
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.models import MODELS
@@ -162,6 +163,7 @@ class SweepConfig:
     defenses: list[DefenseSpec] = field(default_factory=_default_defenses)
     seeds: list[int] = field(default_factory=lambda: [0])
     engine: EngineConfig = field(default_factory=EngineConfig)  # where the cells run
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps, for every cell
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
@@ -176,6 +178,7 @@ class SweepConfig:
     def validate(self) -> SweepConfig:
         """Check ranges, names and every cell's options before anything runs."""
         d, fl, atk = self.data, self.fl, self.attack
+        resolve_device(self.device)  # an unknown or absent device fails here, in one line
         for where, v in (
             ("data.clients", d.clients), ("data.images_per_client", d.images_per_client),
             ("fl.rounds", fl.rounds), ("fl.local_epochs", fl.local_epochs),

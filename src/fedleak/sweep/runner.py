@@ -11,6 +11,7 @@ and the files the cell wrote.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -95,6 +96,7 @@ def run_sweep(
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = print,
     status: Callable[[EngineStatus], None] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run every cell of ``config`` into the folder ``out`` and return a summary.
 
@@ -107,6 +109,7 @@ def run_sweep(
         log: one line per finished cell (default ``print``; pass ``lambda m: None`` to mute).
         status: called with the engine's :class:`~fedleak.engines.EngineStatus` (cells done,
             running, queued, failed, the last cell's seconds) after each submit and cell.
+        device: overrides the config's ``device`` (auto, cpu, cuda, cuda:N, mps).
 
     Writes ``config.json``, ``sweep.jsonl`` (one record per cell), ``sweep.csv``, the
     undefended classifier(s) in ``classifiers/``, a reconstruction grid per cell in ``grids/``,
@@ -114,6 +117,8 @@ def run_sweep(
     cell is logged and left out (a resumed run retries it); its id is listed under ``failed``.
     """
     cfg = load_sweep_config(config)
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device).validate()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"`workers` of run_sweep must be an int >= 1; got {workers!r}.")
     out = Path(out)

@@ -37,6 +37,7 @@ from fedleak.audit.selfcheck import SelfCheck
 from fedleak.data import ImageDataset
 from fedleak.defenses import compose, make_filter
 from fedleak.defenses.filters import Compose
+from fedleak.device import resolve_device
 from fedleak.errors import ConfigError
 from fedleak.fl import evaluate, local_update
 from fedleak.integrations.flower.mod import (
@@ -96,13 +97,13 @@ class Federation:
         return out
 
     def model(self) -> nn.Module:
-        """A fresh model of the configured architecture."""
+        """A fresh model of the configured architecture, on the config's ``device``."""
         return build_model(
             self.cfg.model.name,
             input_shape=self.train.image_shape,
             num_classes=self.train.num_classes,
             **self.cfg.model.options,
-        )
+        ).to(resolve_device(self.cfg.device))
 
     def client_data(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Client ``c``'s private images and labels."""

@@ -93,9 +93,31 @@ def _diffusion_case(name: str) -> tuple[Any, Any, ThreatModel, dict[str, Any]]:
         "prior_model": prior, "phase1_iterations": 2, "phase2_iterations": 2, "t": t.tolist()}
 
 
+def _new_attack_case(name: str) -> tuple[Any, Any, ThreatModel, dict[str, Any]]:
+    if name == "spear":  # a leading ReLU layer, 10 classes, FedSGD
+        torch.manual_seed(0)
+        model = build_model("mlp", input_shape=SHAPE, num_classes=10)
+        return model, fedleak.observe(model, _images(2), torch.tensor([3, 7])), ThreatModel(), {}
+    model, x = _convnet(), _images(4)
+    y = torch.tensor([0, 1, 0, 1])
+    if name == "fedavg-epochs":  # a client that reshuffled over 2 epochs
+        update = fedleak.observe(model, x, y, protocol="fedavg", lr=0.1, local_epochs=2,
+                                 batch_size=2, seed=3)
+        return model, update, ThreatModel(labels=y), {"iterations": 3, "restarts": 1}
+    from fedleak.diffusion import UNetConfig, train_prior  # generative-prior
+
+    cfg = UNetConfig(image_size=8, channels=8, mults=(1, 2), groups=4, num_timesteps=16)
+    prior = train_prior(x, config=cfg, steps=2, batch_size=4)
+    update = fedleak.observe(model, x[:2], y[:2], bn_mode="eval")
+    return model, update, ThreatModel("D", labels=y[:2]), {
+        "prior_model": prior, "phase1_iterations": 2, "iterations": 2, "restarts": 1,
+        "ddim_steps": 2}
+
+
 CASES = {
     **dict.fromkeys(["analytic", "bn-fedavg", "dlg", "gradinversion", "inverting-gradients"],
                     _classifier_case),
+    **dict.fromkeys(["fedavg-epochs", "generative-prior", "spear"], _new_attack_case),
     **dict.fromkeys(["diffusion-ig", "gidm", "gidm-plus"], _diffusion_case),
 }
 

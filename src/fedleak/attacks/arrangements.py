@@ -31,6 +31,6 @@ def restart_labels(inputs: AttackInputs, restarts: int) -> torch.Tensor:
     if cfg is None:
         return labels.expand(restarts, -1)
     sizes = tuple(cfg.batch_sizes or (cfg.batch_size,) * cfg.local_steps)
-    gen = torch.Generator().manual_seed(inputs.seed + 1)
+    gen = torch.Generator().manual_seed(inputs.seed + 1)  # cpu generator: label orders
     options = label_arrangements(labels, sizes, restarts, gen).to(labels.device)
     return options[torch.arange(restarts) % options.shape[0]]

@@ -338,7 +338,7 @@ def redraw(variables: Variables, seed: int) -> Callable[[torch.Tensor], Variable
     """``fresh`` for :func:`optimize` after NaN/inf: new pixels (uniform), latents and noise
     (standard normal) for the restarts ``idx``; other variables (a relaxed t) restart where
     they started. Its own generator: retries never shift the attack's random stream."""
-    gen = torch.Generator().manual_seed(seed + 7919)
+    gen = torch.Generator().manual_seed(seed + 7919)  # cpu generator: rare retries, moved
     start = {k: v.detach().clone() for k, v in variables.items()}
 
     def draw(idx: torch.Tensor) -> Variables:
@@ -346,9 +346,9 @@ def redraw(variables: Variables, seed: int) -> Callable[[torch.Tensor], Variable
         for k, v in start.items():
             shape = (int(idx.numel()), *v.shape[1:])
             if k == "images":
-                out[k] = torch.rand(shape, generator=gen)
+                out[k] = torch.rand(shape, generator=gen, device=gen.device)
             elif k in ("latent", "eps"):
-                out[k] = torch.randn(shape, generator=gen)
+                out[k] = torch.randn(shape, generator=gen, device=gen.device)
             else:
                 out[k] = v[idx.to(v.device)]
         return out

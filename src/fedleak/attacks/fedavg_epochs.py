@@ -243,7 +243,7 @@ def _spreads(
 
 def _count_spreads(labels: torch.Tensor, splits: list[tuple[int, ...]], cap: int) -> int:
     """How many distinct per-epoch label spreads exist, up to ``cap``."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # cpu generator: label orders (indices)
     total = 1
     for sizes in splits:
         total *= label_arrangements(labels, sizes, cap, gen).shape[0]
@@ -408,7 +408,7 @@ class FedAvgEpochs(Attack):
         y = (own if labels is None else labels.reshape(-1).long()).to(images.device)
         x = images.detach()
         e_count, n = replay.epochs, x.shape[0]
-        gen = torch.Generator().manual_seed(inputs.seed + 7)
+        gen = torch.Generator().manual_seed(inputs.seed + 7)  # cpu generator: swap orders
         batch_of = []
         for sizes in replay.splits:
             ids = torch.full((n,), -1, dtype=torch.long)  # unused slots: batch -1

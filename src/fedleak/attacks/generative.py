@@ -157,8 +157,8 @@ class GenerativePrior(Attack):
             )
         generate, k = prior_generator(prior, self.ddim_steps, tuple(shape[1:]))
         objective, y, extras = self._objective(inputs, r)
-        z0 = torch.randn((r, n, channels, size, size), generator=inputs.generator())
-        z0 = z0.to(next(inputs.model.parameters()).device)
+        gen = inputs.generator()
+        z0 = torch.randn((r, n, channels, size, size), generator=gen, device=gen.device)
         lp = self.latent_prior
 
         def phase1(v: dict[str, torch.Tensor]) -> torch.Tensor:

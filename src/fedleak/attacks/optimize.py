@@ -297,12 +297,12 @@ def fresh_images(
     main run's random stream; deterministic inits ("constant", "prior") get ``noise`` so a
     retry does not start from the very point that diverged.
     """
-    gen = torch.Generator().manual_seed(seed + 7919)
+    gen = torch.Generator().manual_seed(seed + 7919)  # cpu generator: rare retries, moved
 
     def draw(idx: torch.Tensor) -> Variables:
         x = init_images(kind, (int(idx.numel()), *shape[1:]), gen, prior)
         if kind in ("constant", "prior") and noise > 0:
-            x = (x + noise * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+            x = (x + noise * torch.randn(x.shape, generator=gen, device=gen.device)).clamp(0, 1)
         return {"images": x}
 
     return draw

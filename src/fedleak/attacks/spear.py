@@ -80,7 +80,7 @@ def sparse_directions(
     image reaches. Returns the unit directions (K, n) whose ``unit @ q`` has clearly more zeros
     than the n-1 forced ones, picked in general position, and their zero rows (K, live).
     """
-    keys = torch.rand(k, live.numel(), generator=generator)
+    keys = torch.rand(k, live.numel(), generator=generator, device=generator.device)
     pick = live[keys.argsort(dim=1)[:, : n - 1].to(live.device)]  # (k, n-1) random rows
     sub = unit[pick]  # (k, n-1, n)
     sv_, vh = torch.linalg.svd(sub, full_matrices=True)[1:]

@@ -364,7 +364,7 @@ def _replay_check(
     names = [k for k in update.tensors]
     got = sum(float(update.tensors[k].double().pow(2).sum()) for k in names) ** 0.5
     sims = []
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # cpu generator: the same draws on every device
     param = next(model.parameters())
     labels = _labels_of(model, update, n, image_shape)
     for _ in range(simulations):

@@ -149,6 +149,23 @@ def engine_overrides(engine: str | None, ray_address: str | None, allowed: str) 
     return out
 
 
+def describe_attack(name: str, options: dict[str, Any]) -> str:
+    """The bar's label: the attack and how many restarts its iterations cover."""
+    import dataclasses
+
+    from fedleak.attacks import ATTACKS
+
+    cls = ATTACKS.get(name)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(
+        cls) else {}
+    restarts = options.get("restarts", defaults.get("restarts", 1))
+    if restarts is None and "restarts" in defaults:
+        return f"{name} (one restart per label spread, up to 8)"
+    if isinstance(restarts, int) and restarts > 1:
+        return f"{name} ({restarts} restarts)"
+    return name
+
+
 def log(msg: str) -> None:
     if not STATE["quiet"]:
         err_console.print(msg, highlight=False)
@@ -382,7 +399,7 @@ def attack(
         device=check_device(device),
     )
     total = planned_iterations(attack_name, attack_options)
-    with progress_bar(f"{attack_name}", total) as prog:
+    with progress_bar(describe_attack(attack_name, attack_options), total) as prog:
         result = run_attack_job(job, out, progress=prog, log=log, overwrite=overwrite)
     print_scores(
         [{"attack": attack_name, "scores": result["scores"], "fit": result.get("fit")}],

@@ -311,6 +311,22 @@ def _load_config(run_dir: Path) -> tuple[Any, str]:
         return None, f"config.json could not be read ({e})"
 
 
+def _planned_audits(audit_config: Any) -> int | None:
+    """How many (round, client) updates the audit's config schedules for an attack."""
+    if not isinstance(audit_config, Mapping):
+        return None
+    try:
+        fed, aud = audit_config["federation"], audit_config["audit"]
+        rounds, n = int(fed["rounds"]), len(fed["clients"])
+        start, every = int(aud.get("start", 1)), int(aud.get("every", 1))
+        clients = aud.get("clients", "all")
+        audited = n if clients == "all" else len({int(c) for c in clients})
+    except (KeyError, TypeError, ValueError):
+        return None
+    scheduled = sum(1 for r in range(1, rounds + 1) if r >= start and (r - start) % every == 0)
+    return scheduled * audited
+
+
 def _summary(
     run_dir: Path,
     config: Any,
@@ -337,8 +353,17 @@ def _summary(
         loss = [a for r in rounds if (a := _finite(r.get("test_loss"))) is not None]
         if loss:
             rows.append(("final test loss (DDPM)", f"{loss[-1]:.4f}"))
+    planned = _planned_audits(cfg.get("audit_config"))
+    if leakage or planned:
+        done = len(leakage)
+        text = str(done)
+        if planned is not None and done + len(withheld) < planned:
+            text = (f"{done} of {planned} planned: PARTIAL (the audit stopped early or is still "
+                    "running; fedleak audit --resume continues it)")
+        elif planned is not None:
+            text = f"{done} of {planned} planned"
+        rows.append(("audited updates", text))
     if leakage:
-        rows.append(("audited updates", str(len(leakage))))
         rows.append(("clients audited", str(len({str(r.get("client")) for r in leakage}))))
         for key, label in (("attack", "attacks"), ("threat", "threat levels")):
             vals = sorted({str(r[key]) for r in leakage if r.get(key) is not None})

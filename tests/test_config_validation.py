@@ -38,7 +38,7 @@ def test_attack_needs_checked_against_threat_level() -> None:
 
 def test_example_configs_still_load() -> None:
     for path in sorted(EXAMPLE.parent.glob("audit-*.yaml")):
-        load_config(path)
+        load_config(path, ['device="cpu"'])  # the realistic recipe asks for a GPU
 
 
 def test_cli_batch_larger_than_the_client_is_refused() -> None:

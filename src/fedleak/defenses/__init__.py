@@ -9,7 +9,7 @@ defenses (``fedleak.defenses.training`` and its siblings ``latent``, ``dpsgd``, 
 """
 
 from fedleak.defenses.accounting import ClientDPAccountant
-from fedleak.defenses.bido import BiDO, coco, normalized_hsic
+from fedleak.defenses.bido import BiDO, cka, coco, hsic, normalized_hsic
 from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
 from fedleak.defenses.filters import (
     FILTERS,
@@ -77,8 +77,10 @@ __all__ = [
     "SecureAggregation",
     "TrainingDefense",
     "available_training_defenses",
+    "cka",
     "coco",
     "dp_epsilon",
+    "hsic",
     "local_training",
     "make_training_defense",
     "mixup_batch",

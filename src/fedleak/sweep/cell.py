@@ -25,7 +25,7 @@ import fedleak
 from fedleak.data import ImageDataset, load_dataset, partition
 from fedleak.defenses import SecureAggregation, TrainingDefense, make_training_defense
 from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
-from fedleak.defenses.filters import Filter
+from fedleak.defenses.filters import Filter, with_reference
 from fedleak.fl import ClientData, ThreatModel, federate
 from fedleak.fl.update import ClientUpdate
 from fedleak.models import build_model
@@ -274,7 +274,8 @@ def _victim_update(
     images, labels = clients[0].images[:k], clients[0].labels[:k]
     update = victim(snapshot, images, labels, seed=seed, client_id="0", round=atk.round, **opts)
     if filt is not None:
-        update = filt(update, generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        update = with_reference(filt, snapshot)(update, generator=gen)
     out: dict[str, Any] = {"update": update, "images": images, "labels": labels,
                            "model": snapshot, "extra": {}}
     if isinstance(victim, DPSGD):

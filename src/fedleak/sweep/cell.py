@@ -24,7 +24,7 @@ from torch import nn
 import fedleak
 from fedleak.data import ImageDataset, load_dataset, partition
 from fedleak.defenses import SecureAggregation, TrainingDefense, make_training_defense
-from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
+from fedleak.defenses.dpsgd import DPSGD
 from fedleak.defenses.filters import Filter, with_reference
 from fedleak.fl import ClientData, ThreatModel, federate
 from fedleak.fl.update import ClientUpdate
@@ -279,11 +279,9 @@ def _victim_update(
     out: dict[str, Any] = {"update": update, "images": images, "labels": labels,
                            "model": snapshot, "extra": {}}
     if isinstance(victim, DPSGD):
-        t = update.training
-        assert t is not None
-        rate = min(1.0, t.batch_size / k)
-        out["dp"] = {"epsilon": dp_epsilon(victim.noise_multiplier, rate, t.local_steps,
-                                           victim.delta, victim.accountant)}
+        # the victim forks the federation's defense, so its ledger already holds client 0's
+        # earlier rounds; the probe round is composed into that same Opacus accountant
+        out["dp"] = {"epsilon": victim.accounting("0")["epsilon"]}
     return out
 
 

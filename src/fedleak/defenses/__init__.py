@@ -28,6 +28,12 @@ from fedleak.defenses.filters import (
     make_filter,
     register_filter,
 )
+from fedleak.defenses.knowledge import (  # also registers attack inverting-gradients-latent
+    KNOWLEDGE,
+    LatentInvertingGradients,
+    attacker_model,
+    client_noise,
+)
 from fedleak.defenses.latent import (
     LatentDecoder,
     LatentNet,
@@ -67,6 +73,8 @@ __all__ = [
     # training-time defenses
     "BiDO",
     "DPSGD",
+    "KNOWLEDGE",
+    "LatentInvertingGradients",
     "TRAINING_DEFENSES",
     "LatentDecoder",
     "LatentNet",
@@ -76,7 +84,9 @@ __all__ = [
     "NoDefense",
     "SecureAggregation",
     "TrainingDefense",
+    "attacker_model",
     "available_training_defenses",
+    "client_noise",
     "cka",
     "coco",
     "dp_epsilon",

@@ -161,8 +161,9 @@ def noise_report(
     client_id: str = "0",
 ) -> dict[str, Any]:
     """The client's noise next to the latent, for a record: mean, std, sigma / RMS(latent) on
-    ``images`` for ``model`` and for a plain default-init encoder of the same shape, and the
-    learned noise's pre-training log (loss curve, distance moved). Empty without a latent-net.
+    ``images`` for ``model``; the paper's plain setting for comparison (the configured,
+    unscaled sigma next to a default-init encoder of the same shape); and the learned noise's
+    pre-training log (loss curve, distance moved). Empty without a latent-net.
     """
     if not isinstance(model, LatentNet) or noise is None:
         return {}
@@ -177,7 +178,10 @@ def noise_report(
         "noise_mean": float(noise[0].mean()),
         "noise_std": sigma,
         "noise_latent_ratio": noise_latent_ratio(model, images, std=sigma),
-        "noise_latent_ratio_plain": noise_latent_ratio(plain, images, std=sigma),
+        "noise_latent_ratio_plain": noise_latent_ratio(
+            plain, images, std=sigma / float(getattr(defense, "scale_factor", 1.0))
+        ),
+        "noise_scale_factor": float(getattr(defense, "scale_factor", 1.0)),
     }
     log = getattr(defense, "pretrain_log", {}).get(client_id)
     if log:

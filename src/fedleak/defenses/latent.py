@@ -107,6 +107,12 @@ class LatentPerturbation(TrainingDefense):
         pretrain_tol: stop the pre-training once an epoch moves (mu, sigma) by less than this
             (mean absolute change per element); 0 runs all ``pretrain_epochs``.
 
+        noise_scale: "absolute" (mean and std as given) or "plain": both multiplied, in
+            :meth:`setup`, by RMS(latent of this model) / RMS(latent of a plain default-init
+            encoder of the same shape) on client 0's images, so the noise-to-latent ratio is
+            the one a plain implementation of the paper's encoder has (He init trains well but
+            makes the latent 15-90x larger next to the noise).
+
     ``pretrain_log[client_id]`` keeps the pre-training's loss curve and how far (mu, sigma)
     moved from their initial values (per epoch), so a run can show the noise learned.
     """
@@ -121,6 +127,8 @@ class LatentPerturbation(TrainingDefense):
     pretrain_batch_size: int = 32
     pretrain_noise_lr: float | None = None
     pretrain_tol: float = 0.0
+    noise_scale: str = "absolute"
+    scale_factor: float = field(default=1.0, init=False)
     decoders: dict[str, LatentDecoder] = field(default_factory=dict, init=False, repr=False)
     learned: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
@@ -142,6 +150,8 @@ class LatentPerturbation(TrainingDefense):
         if self.pretrain_noise_lr is not None:
             check_number(self.pretrain_noise_lr, "pretrain_noise_lr", who, low=0.0, low_open=True)
         check_number(self.pretrain_tol, "pretrain_tol", who, low=0.0)
+        if self.noise_scale not in ("absolute", "plain"):
+            raise fail("noise_scale", who, "'absolute' or 'plain'", self.noise_scale)
 
     # --- architecture and pre-training ------------------------------------------------------
 
@@ -149,13 +159,32 @@ class LatentPerturbation(TrainingDefense):
         """A copy of the latent-net with this defense's (public) noise configuration."""
         net = copy.deepcopy(_check_latent_net(model, "latent-perturbation"))
         with torch.no_grad():
-            net.noise.mean.fill_(self.mean)
-            net.noise.std.fill_(self.std)
+            net.noise.mean.fill_(self.mean * self.scale_factor)
+            net.noise.std.fill_(self.std * self.scale_factor)
         net.noise.set_learnable(False)
         return net
 
+    def plain_scale(self, model: nn.Module, images: torch.Tensor) -> float:
+        """RMS(latent of ``model``) / RMS(latent of a default-init encoder of its shape)."""
+        net = _check_latent_net(model, "latent-perturbation")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            plain = latent_net(_input_shape(net), net.num_classes, width=net.width,
+                               pool=net.pool, init="default").to(images.device)
+        with torch.no_grad():
+            ours = float(net.encoder(images).pow(2).mean().sqrt())
+            theirs = float(plain.encoder(images).pow(2).mean().sqrt())
+        return ours / theirs if theirs > 0 else 1.0
+
     def setup(self, model: nn.Module, clients: Sequence[ClientData], *, seed: int = 0) -> None:
-        """Learnable variant: every client learns its own noise (Algorithm 1) before FL."""
+        """Scale the noise (``noise_scale="plain"``); learnable variant: every client learns
+        its own noise (Algorithm 1) before FL."""
+        if self.noise_scale == "plain" and clients:
+            self.scale_factor = self.plain_scale(model, clients[0].images[:64])
+            net = _check_latent_net(model, "latent-perturbation")
+            with torch.no_grad():
+                net.noise.mean.fill_(self.mean * self.scale_factor)
+                net.noise.std.fill_(self.std * self.scale_factor)
         if self.noise != "learnable":
             return
         for i, data in enumerate(clients):
@@ -183,8 +212,8 @@ class LatentPerturbation(TrainingDefense):
             init=getattr(base, "init", "he"),
         )
         with torch.no_grad():
-            net.noise.mean.fill_(self.mean)
-            net.noise.std.fill_(self.std)
+            net.noise.mean.fill_(self.mean * self.scale_factor)
+            net.noise.std.fill_(self.std * self.scale_factor)
         net.noise.set_learnable(True)
         net.noise.generator = torch.Generator().manual_seed(seed + 1)
         decoder = LatentDecoder(net.latent_shape, _input_shape(base))

@@ -147,3 +147,20 @@ def test_default_init_makes_the_noise_large_next_to_the_latent():
     assert ratios["default"] > 3 * ratios["he"]
     with pytest.raises(ConfigError, match="init"):
         build_model("latent-net", input_shape=SHAPE, num_classes=4, init="xavier")
+
+
+def test_plain_noise_scale_gives_the_plain_encoders_ratio():
+    from fedleak.fl import ClientData
+
+    torch.manual_seed(0)
+    base = build_model("latent-net", input_shape=(1, 28, 28), num_classes=4, width=2, pool=3)
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.rand(16, 1, 28, 28, generator=g), torch.randint(0, 4, (16,), generator=g)
+    d = make_training_defense("latent-perturbation", mean=1.0, std=0.1, noise_scale="plain")
+    model = d.prepare_model(base)
+    d.setup(model, [ClientData(x, y)])
+    assert d.scale_factor > 2  # He init: a larger latent than PyTorch's default init
+    assert float(model.noise.mean.mean()) == pytest.approx(d.scale_factor)
+    rep = noise_report(model, x, client_noise(d, model, "0"), d)
+    assert rep["noise_latent_ratio"] == pytest.approx(rep["noise_latent_ratio_plain"], rel=1e-4)
+    assert rep["noise_std"] == pytest.approx(0.1 * d.scale_factor, rel=1e-5)

@@ -158,6 +158,145 @@ def print_matched(cv: dict[str, list[dict[str, Any]]]) -> None:
                   + "; ".join(parts))
 
 
+# --- issue 12: matched utility, intervals, attacker knowledge --------------------------------
+
+KNOWLEDGE_LABEL = {
+    "none": "none (the paper's attacker: no client noise)",
+    "distribution": "distribution (knows mu, sigma; samples)",
+    "exact": "exact (the client's noise mean)",
+    "adaptive": "adaptive (optimizes a latent shift)",
+}
+
+
+def interval(values: list[Any]) -> tuple[float | None, float | None, int]:
+    """Mean and the half-width of a 95 % t-interval (None for fewer than two values)."""
+    vals = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if not vals:
+        return None, None, 0
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, None, 1
+    from scipy import stats
+
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return m, float(stats.t.ppf(0.975, len(vals) - 1)) * sd / math.sqrt(len(vals)), len(vals)
+
+
+def _samples(r: dict[str, Any], know: str, key: str) -> list[Any]:
+    """A record's per-batch values of ``key`` for attacker ``know`` (one value if unbatched)."""
+    batches = r.get(f"{know}_{key}_batches")
+    if batches is not None:
+        return list(batches)
+    v = r.get(f"{know}_{key}", r.get(key) if know == r.get("knowledge") else None)
+    return [v]
+
+
+def study_points(records: list[dict[str, Any]], know: str) -> dict[str, list[dict[str, Any]]]:
+    """Per defense: one point per params, with mean and 95 % interval over seeds x batches."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["defense"], repr(sorted(r["params"].items())))].append(r)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (defense, _), rs in groups.items():
+        pt: dict[str, Any] = {"params": rs[0]["params"], "seeds": len(rs)}
+        pt["accuracy"], pt["accuracy_ci"], _ = interval([r.get("accuracy") for r in rs])
+        for key in MEASURES:
+            vals = [v for r in rs for v in _samples(r, know, key)]
+            pt[key], pt[f"{key}_ci"], pt["n"] = interval(vals)
+        pt["flat_psnr"] = _mean([r.get("flat_psnr") for r in rs])
+        pt["epsilon"] = _mean([r.get("probe_epsilon") for r in rs])
+        for key in ("noise_latent_ratio", "noise_latent_ratio_plain"):
+            pt[key] = _mean([r.get(key) for r in rs])
+        out[defense].append(pt)
+    for pts in out.values():
+        pts.sort(key=lambda p: p["accuracy"])
+    return dict(out)
+
+
+def _pm(v: float | None, ci: float | None, spec: str) -> str:
+    if v is None:
+        return "-"
+    return format(v, spec) + (f"±{format(ci, spec)}" if ci is not None else "")
+
+
+def print_study(records: list[dict[str, Any]], out: Path, chance: float) -> None:
+    """The issue-12 study: per attacker, every setting with intervals, matched comparison, plots."""
+    knowledge = [k for k in KNOWLEDGE_LABEL if any(f"{k}_psnr" in r for r in records)]
+    if not knowledge:
+        return
+    seeds = sorted({r["seed"] for r in records})
+    print(f"\n== Study: seeds {seeds}, batches per cell "
+          f"{max(r.get('batches', 1) for r in records)}; mean ± 95 % interval ==")
+    lat = [r for r in records if r.get("noise_latent_ratio")]
+    if lat:
+        print("noise / latent RMS ratio: this run "
+              + ", ".join(f"{r['defense']}#{r['seed']} {r['noise_latent_ratio']:.2f}"
+                          for r in lat[:6])
+              + f"; a plain default-init encoder at the configured values "
+              f"{_mean([r.get('noise_latent_ratio_plain') for r in lat]):.2f}")
+    for r in records:
+        log = r.get("noise_pretrain")
+        if log:
+            print(f"learned noise {r['defense']}#{r['seed']}: {log['epochs']} epochs "
+                  f"(converged {log['converged']}), mean moved {log['mean_shift'][-1]:.3f} "
+                  f"(max {log['mean_shift_max']:.3f}), std moved {log['std_shift'][-1]:.3f} "
+                  f"(max {log['std_shift_max']:.3f}); loss "
+                  + " ".join(f"{v:.3f}" for v in log["loss"]))
+    for know in knowledge:
+        pts = study_points(records, know)
+        print(f"\n-- attacker: {KNOWLEDGE_LABEL[know]} --")
+        print(f"{'defense':<18} {'params':<30} {'acc':>11} {'MSE':>15} {'PSNR':>12} "
+              f"{'SSIM':>11} {'attacker acc':>12} {'eps':>8}")
+        for d in sorted(pts, key=lambda s: (s != "none", s)):
+            for p in pts[d]:
+                params = ",".join(f"{k}={v}" for k, v in p["params"].items()) or "-"
+                acc = _pm(p["accuracy"], p["accuracy_ci"], ".3f")
+                print(f"{d:<18} {params[:30]:<30} {acc:>11} "
+                      f"{_pm(p['mse'], p['mse_ci'], '.4f'):>15} "
+                      f"{_pm(p['psnr'], p['psnr_ci'], '.2f'):>12} "
+                      f"{_pm(p['ssim'], p['ssim_ci'], '.3f'):>11} "
+                      f"{_pm(p['semantic_accuracy'], p['semantic_accuracy_ci'], '.2f'):>12} "
+                      f"{_fmt(p['epsilon'], '.1f'):>8}")
+        if "none" in pts:
+            p = pts["none"][0]
+            leaks = (p["semantic_accuracy"] or 0) >= 3 * chance or (p["psnr"] or 0) > (
+                p["flat_psnr"] or 0)
+            print(f"undefended at this budget: PSNR {_fmt(p['psnr'], '.2f')} vs flat "
+                  f"{_fmt(p['flat_psnr'], '.2f')}, attacker accuracy "
+                  f"{_fmt(p['semantic_accuracy'], '.2f')} (chance {chance:.2f}): "
+                  + ("LEAKS" if leaks else "does NOT leak at this budget"))
+        print_matched(pts)
+        _plot_study(pts, out, know)
+
+
+def _plot_study(pts: dict[str, list[dict[str, Any]]], out: Path, know: str) -> None:
+    """MSE and attacker accuracy against client accuracy, one curve per method (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, label in (("mse", "reconstruction MSE"), ("semantic_accuracy", "attacker accuracy")):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for d, ps in sorted(pts.items()):
+            ps = [p for p in ps if p.get(key) is not None]
+            if not ps:
+                continue
+            ax.errorbar([p["accuracy"] for p in ps], [p[key] for p in ps],
+                        xerr=[p["accuracy_ci"] or 0 for p in ps],
+                        yerr=[p[f"{key}_ci"] or 0 for p in ps],
+                        marker="*" if d == "none" else "o", capsize=3, label=d)
+        ax.set_xlabel("client accuracy")
+        ax.set_ylabel(label)
+        ax.set_title(f"attacker: {know}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"study_{key}_{know}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        print(f"plot: {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "examples" / "sweep-default.yaml"))
@@ -172,7 +311,13 @@ def main() -> None:
                     help="comma-separated defense labels to keep (e.g. none,latent-fixed,bido)")
     ap.add_argument("--first", action="store_true",
                     help="keep only each defense's first grid value")
+    ap.add_argument("--report", nargs="+", default=None, metavar="RUN",
+                    help="only report: read sweep.jsonl of these run folders (e.g. one per "
+                    "seed) together, run nothing")
     args = ap.parse_args()
+    if args.report:
+        report_only([Path(p) for p in args.report])
+        return
     torch.set_num_threads(1)
     overrides = list(args.set)
     if args.quick:
@@ -198,6 +343,24 @@ def main() -> None:
     print_curves(cv)
     print_baseline(cv, 1.0 / k, clf.get("test_accuracy"))
     print_matched(cv)
+    print_study(records, Path(args.out), 1.0 / k)
+
+
+def report_only(runs: list[Path]) -> None:
+    """The tables and plots of finished runs (several folders: e.g. one per seed)."""
+    import json
+
+    records = [r for run in runs for r in read_jsonl(run / "sweep.jsonl")]
+    cfg = json.loads((runs[0] / "config.json").read_text())["sweep_config"]
+    from fedleak.data import load_dataset
+
+    d = cfg["data"]
+    k = load_dataset(d["name"], size=d["size"], channels=d["channels"]).num_classes
+    cv = curves(records)
+    print_curves(cv)
+    print_baseline(cv, 1.0 / k, None)
+    print_matched(cv)
+    print_study(records, runs[0], 1.0 / k)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,12 @@ def _diffusion_case(name: str) -> tuple[Any, Any, ThreatModel, dict[str, Any]]:
 
 
 def _new_attack_case(name: str) -> tuple[Any, Any, ThreatModel, dict[str, Any]]:
+    if name == "inverting-gradients-latent":
+        torch.manual_seed(0)
+        model = build_model("latent-net", input_shape=SHAPE, num_classes=2, width=2, pool=2)
+        y = torch.tensor([0, 1])
+        return model, fedleak.observe(model, _images(2), y), ThreatModel(labels=y), {
+            "iterations": 3, "latent": "sample"}
     if name == "spear":  # a leading ReLU layer, 10 classes, FedSGD
         torch.manual_seed(0)
         model = build_model("mlp", input_shape=SHAPE, num_classes=10)
@@ -117,7 +123,8 @@ def _new_attack_case(name: str) -> tuple[Any, Any, ThreatModel, dict[str, Any]]:
 CASES = {
     **dict.fromkeys(["analytic", "bn-fedavg", "dlg", "gradinversion", "inverting-gradients"],
                     _classifier_case),
-    **dict.fromkeys(["fedavg-epochs", "generative-prior", "spear"], _new_attack_case),
+    **dict.fromkeys(["fedavg-epochs", "generative-prior", "inverting-gradients-latent", "spear"],
+                    _new_attack_case),
     **dict.fromkeys(["diffusion-ig", "gidm", "gidm-plus"], _diffusion_case),
 }
 

@@ -8,6 +8,7 @@ from fedleak.attacks import fedavg_epochs as _fedavg_epochs  # noqa: F401  (feda
 from fedleak.attacks import generative as _generative  # noqa: F401  (generative-prior)
 from fedleak.attacks import gradinversion as _gradinversion  # noqa: F401  (registers it)
 from fedleak.attacks import inverting as _inverting  # noqa: F401  (inverting-gradients)
+from fedleak.attacks import latent_noise as _latent_noise  # noqa: F401  (i-g-latent)
 from fedleak.attacks import spear as _spear  # noqa: F401  (registers "spear")
 from fedleak.attacks.base import (
     ATTACKS,

@@ -73,13 +73,20 @@ def attack_model(model: nn.Module, bn_mode: str, *, stochastic: bool = False) ->
 
     BatchNorm in train mode normalizes with batch statistics; the copy drops running buffers so
     vmapped forwards never write to them (the statistics an attack needs come from the update).
-    ``stochastic``: every other module in train mode, as the client trained (dropout active);
-    otherwise eval mode (a deterministic forward, e.g. for a prior).
+    ``stochastic``: the dropout-like modules (:func:`stochastic_layers`) in train mode, as the
+    client trained; everything else stays in eval mode (a layer with its own random behaviour,
+    such as a defense's latent noise, is modelled by the attacker's knowledge of it, see
+    :mod:`fedleak.defenses.knowledge`, not by drawing here).
     """
     net = copy.deepcopy(model)
     for p in net.parameters():
         p.requires_grad_(False)
-    net.train(stochastic)
+    net.eval()
+    if stochastic:
+        drop = set(stochastic_layers(net))
+        for name, m in net.named_modules():
+            if name in drop:
+                m.train()
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()

@@ -9,7 +9,7 @@ defenses (``fedleak.defenses.training`` and its siblings ``latent``, ``dpsgd``, 
 """
 
 from fedleak.defenses.accounting import ClientDPAccountant
-from fedleak.defenses.bido import BiDO, coco, normalized_hsic
+from fedleak.defenses.bido import BiDO, cka, coco, hsic, normalized_hsic
 from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
 from fedleak.defenses.filters import (
     FILTERS,
@@ -27,6 +27,12 @@ from fedleak.defenses.filters import (
     compose,
     make_filter,
     register_filter,
+)
+from fedleak.defenses.knowledge import (
+    KNOWLEDGE,
+    LatentInvertingGradients,
+    attacker_model,
+    client_noise,
 )
 from fedleak.defenses.latent import (
     LatentDecoder,
@@ -67,6 +73,8 @@ __all__ = [
     # training-time defenses
     "BiDO",
     "DPSGD",
+    "KNOWLEDGE",
+    "LatentInvertingGradients",
     "TRAINING_DEFENSES",
     "LatentDecoder",
     "LatentNet",
@@ -76,9 +84,13 @@ __all__ = [
     "NoDefense",
     "SecureAggregation",
     "TrainingDefense",
+    "attacker_model",
     "available_training_defenses",
+    "client_noise",
+    "cka",
     "coco",
     "dp_epsilon",
+    "hsic",
     "local_training",
     "make_training_defense",
     "mixup_batch",

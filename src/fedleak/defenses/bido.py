@@ -2,14 +2,19 @@
 
 Loss = CE + sum over hidden layers j of (lambda_x d(X, Z_j) - lambda_y d(Z_j, Y)): hidden
 representations are pushed to depend little on the input X (what an inversion recovers) and
-much on the label Y (what the task needs). d is COCO or normalized HSIC with a Gaussian kernel
+much on the label Y (what the task needs). d is BiDO's HSIC or COCO with a Gaussian kernel
 (sigma 5) on X and Z and a linear kernel on one-hot Y.
 
 Kernels follow BiDO's public code: the Gaussian kernel's bandwidth is scaled by the feature
 dimension D, K_ij = exp(-|a_i - a_j|^2 / (2 sigma^2 D)), which is what makes one sigma fit every
-layer. Normalized HSIC is tr(K~ L~) / (|K~|_F |L~|_F) with K~ = HKH (centered): in [0, 1], 1 for
-identical kernels. COCO (Gretton et al. 2005) is sqrt(lambda_max(K~ L~)) / m, computed exactly
-(a symmetric eigenproblem); BiDO's code uses a Frobenius-norm relaxation instead.
+layer. BiDO's "HSIC" (``hsic_normalized_cca`` in its code) is the normalized cross-covariance
+operator form: with K~ = HKH (centered) and R_K = K~ (K~ + eps m I)^-1, the value is
+sum(R_K * R_L^T) = tr(R_K R_L). It grows with the batch size m (about m - 1 for identical
+kernels), and BiDO's published (lambda_x, lambda_y) are tuned to that scale, which is why it is
+the default. CKA = tr(K~ L~) / (|K~|_F |L~|_F), in [0, 1], is kept as measure ``"cka"``: at the
+same lambdas it is a much weaker regularizer. COCO (Gretton et al. 2005) is
+sqrt(lambda_max(K~ L~)) / m, computed exactly (a symmetric eigenproblem); BiDO's code uses a
+Frobenius-norm relaxation instead.
 """
 
 from __future__ import annotations
@@ -35,15 +40,18 @@ from fedleak.fl.update import ClientUpdate
 __all__ = [
     "BiDO",
     "center",
+    "cka",
     "coco",
     "dependence",
     "gaussian_kernel",
     "hidden_layers",
+    "hsic",
     "linear_kernel",
     "normalized_hsic",
 ]
 
-MEASURES = ("hsic", "coco")
+MEASURES = ("hsic", "cka", "coco")
+HSIC_EPS = 1e-5  # BiDO's ridge: R_K = K~ (K~ + eps m I)^-1
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh)
 
 
@@ -66,12 +74,33 @@ def center(k: torch.Tensor) -> torch.Tensor:
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
-def normalized_hsic(k: torch.Tensor, l_: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """tr(K~ L~) / (|K~|_F |L~|_F): 0 for independent samples (as m grows), 1 for K = L."""
+def hsic(k: torch.Tensor, l_: torch.Tensor, eps: float = HSIC_EPS) -> torch.Tensor:
+    """BiDO's dependence measure (``hsic_normalized_cca``): sum(R_K * R_L^T).
+
+    R_K = K~ (K~ + eps m I)^-1 with K~ = HKH, R_L likewise. R_K is close to the projection onto
+    the span of the centered features, so the value is about m - 1 for identical kernels and
+    grows with m for dependent ones. Computed in float64 (the ridge is 1e-5 m): a solve, not an
+    explicit inverse; K~ is symmetric, so K~ (K~ + cI)^-1 = (K~ + cI)^-1 K~.
+    """
+    m = k.shape[0]
+    eye = torch.eye(m, dtype=torch.float64, device=k.device)
+
+    def resolvent(a: torch.Tensor) -> torch.Tensor:
+        ac = center(a.to(torch.float64))
+        return torch.linalg.solve(ac + eps * m * eye, ac)
+
+    return (resolvent(k) * resolvent(l_).T).sum().to(k.dtype)
+
+
+def cka(k: torch.Tensor, l_: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """tr(K~ L~) / (|K~|_F |L~|_F) (CKA): 0 for independent samples (as m grows), 1 for K = L."""
     kc, lc = center(k), center(l_)
     # sqrt(sum + eps), not norm(): a constant layer (all-zero features) must not give NaN grads
     norms = ((kc * kc).sum() + eps).sqrt() * ((lc * lc).sum() + eps).sqrt()
     return (kc * lc).sum() / norms
+
+
+normalized_hsic = cka  # the name this measure had before BiDO's own HSIC was implemented
 
 
 def coco(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
@@ -91,12 +120,14 @@ def coco(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
 
 
 def dependence(k: torch.Tensor, l_: torch.Tensor, measure: str) -> torch.Tensor:
-    """d(., .) of BiDO on two kernel matrices: "hsic" (normalized) or "coco"."""
+    """d(., .) of BiDO on two kernel matrices: "hsic" (BiDO's), "cka" or "coco"."""
     if measure == "hsic":
-        return normalized_hsic(k, l_)
+        return hsic(k, l_)
+    if measure == "cka":
+        return cka(k, l_)
     if measure == "coco":
         return coco(k, l_)
-    raise fail("measure", "BiDO", "'hsic' or 'coco'", measure)
+    raise fail("measure", "BiDO", "'hsic', 'cka' or 'coco'", measure)
 
 
 def hidden_layers(model: nn.Module, layers: Sequence[str] | None = None) -> list[str]:
@@ -128,7 +159,8 @@ class BiDO(TrainingDefense):
     """Bilateral dependency optimization (Peng et al. 2022) as a client trainer.
 
     Options:
-        measure: "hsic" (normalized HSIC) or "coco".
+        measure: "hsic" (BiDO's own measure, the default), "cka" (normalized HSIC in [0, 1];
+            a much weaker regularizer at BiDO's lambdas) or "coco".
         lambda_x: weight of d(X, Z_j) (minimized); paper values (0.05, 0.5) and (0.1, 2) for HSIC,
             (1, 50) for COCO as (lambda_x, lambda_y).
         lambda_y: weight of d(Z_j, Y) (maximized).
@@ -144,7 +176,7 @@ class BiDO(TrainingDefense):
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
-            raise fail("measure", "BiDO", "'hsic' or 'coco'", self.measure)
+            raise fail("measure", "BiDO", "'hsic', 'cka' or 'coco'", self.measure)
         check_number(self.lambda_x, "lambda_x", "BiDO", low=0.0)
         check_number(self.lambda_y, "lambda_y", "BiDO", low=0.0)
         check_number(self.sigma, "sigma", "BiDO", low=0.0, low_open=True)
@@ -170,7 +202,7 @@ class BiDO(TrainingDefense):
         ce = F.cross_entropy(logits, y)
         kx = gaussian_kernel(x, self.sigma).detach()
         ky = linear_kernel(F.one_hot(y, logits.shape[1]).to(x.dtype))
-        dx = dy = torch.zeros((), dtype=x.dtype)
+        dx = dy = torch.zeros((), dtype=x.dtype, device=x.device)
         for z in feats:
             kz = gaussian_kernel(z, self.sigma)
             dx = dx + dependence(kz, kx, self.measure)

@@ -18,6 +18,7 @@ Compose with ``exclude(buffers=True)`` to keep BatchNorm statistics local.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import math
@@ -215,9 +216,11 @@ class GaussianFilter(Filter):
 
     The percentile is taken over the non-zero |entries| of all ``tensors`` and, when
     ``include_buffers`` and ``reference_buffers`` (the global model's buffers the client started
-    from) are given, of the BatchNorm buffer *changes* too, as NVFlare does on its whole
-    state-dict delta. Without ``reference_buffers`` it is taken over ``tensors`` only (absolute
-    running means/variances are not on the scale of a delta). With ``include_buffers`` the noise is
+    from) are given, of the BatchNorm buffer *changes* too (every key, ``num_batches_tracked``
+    included), as NVFlare does on its whole state-dict delta. The audit, sweep and Flower runs
+    give every filter the reference through :func:`with_reference`. Without
+    ``reference_buffers`` it is taken over ``tensors`` only (absolute running means/variances
+    are not on the scale of a delta). With ``include_buffers`` the noise is
     added to the absolute floating-point buffers directly, which is the same as noising their delta
     since the server knows the old values; integer buffers (``num_batches_tracked``) are never
     noised. Large noise can make a running variance negative; use ``include_buffers=False`` with
@@ -256,7 +259,7 @@ class GaussianFilter(Filter):
             return 0.0
         pool = [update.tensors[k].detach().abs().reshape(-1) for k in _float_keys(update.tensors)]
         if self.include_buffers and self.reference_buffers is not None:
-            for k in _float_keys(update.buffers):
+            for k in update.buffers:  # every key, as NVFlare's state-dict delta (incl. counters)
                 b = update.buffers[k]
                 if k not in self.reference_buffers:
                     raise UpdateError(f"`reference_buffers` of GaussianFilter lacks buffer {k!r}.")
@@ -266,7 +269,7 @@ class GaussianFilter(Filter):
                         f"`reference_buffers` of GaussianFilter must match the update's buffer "
                         f"shapes; got {tuple(ref.shape)} for {k!r}, update has {tuple(b.shape)}."
                     )
-                pool.append((b.detach() - ref).abs().reshape(-1))
+                pool.append((b.detach().double() - ref.double()).abs().reshape(-1))
         values = torch.cat([p.to(torch.float64) for p in pool]) if pool else torch.zeros(0)
         values = values[values > 0]
         if values.numel() == 0:
@@ -690,6 +693,33 @@ class Compose:
             for f in self.filters
         ]
         return {"name": "compose", "filters": steps}
+
+
+def with_reference(
+    transform: UpdateTransform | None, reference: torch.nn.Module | Mapping[str, torch.Tensor]
+) -> Any:
+    """``transform`` with every Gaussian filter in it given the round's reference buffers.
+
+    ``reference`` is the global model the client started from (or its BatchNorm buffers keyed
+    as in the state dict). Why: NVFlare's GaussianPrivacy takes its percentile over the whole
+    state-dict delta, BatchNorm buffer changes included, and our updates carry the buffers as
+    absolute values; every engine (in-process federation, sweep probe, Flower mod) calls this
+    once per client update so they all compute the same sigma. Other filters and plain
+    functions are returned unchanged; ``None`` stays ``None``.
+    """
+    if transform is None:
+        return None
+    if isinstance(reference, torch.nn.Module):
+        from fedleak.fl.client import bn_buffers
+
+        reference = bn_buffers(reference)
+    if isinstance(transform, GaussianFilter):
+        if not transform.include_buffers:
+            return transform
+        return dataclasses.replace(transform, reference_buffers=reference)
+    if isinstance(transform, Compose):
+        return Compose(tuple(with_reference(f, reference) for f in transform.filters))
+    return transform
 
 
 def compose(filters: Iterable[UpdateTransform]) -> Compose:

@@ -98,9 +98,24 @@ class LatentPerturbation(TrainingDefense):
         mean, std: the fixed noise, or the initial values of the learnable one (paper: 1, 0.1).
         lam: lambda, weight of rho in the encoder/predictor loss (CE + lambda * rho).
         decoder_lr: the decoder's Adam lr (default: the client's lr).
-        pretrain_epochs: epochs of the learnable variant's pre-training (Algorithm 1).
+        pretrain_epochs: epochs of the learnable variant's pre-training (Algorithm 1); with
+            ``pretrain_tol`` the most it runs.
         pretrain_lr: Adam lr of the pre-training (default 3e-4; see the docs on 1e-3).
         pretrain_batch_size: batch size of the pre-training (default 32).
+        pretrain_noise_lr: Adam lr of the noise parameters (mu, sigma) in the pre-training
+            (default: ``pretrain_lr``). Adam moves a parameter by at most about its lr per
+            step, so at 1e-4 and a few dozen steps the noise cannot leave its initial value.
+        pretrain_tol: stop the pre-training once an epoch moves (mu, sigma) by less than this
+            (mean absolute change per element); 0 runs all ``pretrain_epochs``.
+
+        noise_scale: "absolute" (mean and std as given) or "plain": both multiplied, in
+            :meth:`setup`, by RMS(latent of this model) / RMS(latent of a plain default-init
+            encoder of the same shape) on client 0's images, so the noise-to-latent ratio is
+            the one a plain implementation of the paper's encoder has (He init trains well but
+            makes the latent 15-90x larger next to the noise).
+
+    ``pretrain_log[client_id]`` keeps the pre-training's loss curve and how far (mu, sigma)
+    moved from their initial values (per epoch), so a run can show the noise learned.
     """
 
     noise: str = "fixed"
@@ -111,10 +126,15 @@ class LatentPerturbation(TrainingDefense):
     pretrain_epochs: int = 5
     pretrain_lr: float = 3e-4
     pretrain_batch_size: int = 32
+    pretrain_noise_lr: float | None = None
+    pretrain_tol: float = 0.0
+    noise_scale: str = "absolute"
+    scale_factor: float = field(default=1.0, init=False)
     decoders: dict[str, LatentDecoder] = field(default_factory=dict, init=False, repr=False)
     learned: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
+    pretrain_log: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         who = "LatentPerturbation"
@@ -128,6 +148,11 @@ class LatentPerturbation(TrainingDefense):
         check_positive_int(self.pretrain_epochs, "pretrain_epochs", who)
         check_number(self.pretrain_lr, "pretrain_lr", who, low=0.0, low_open=True)
         check_positive_int(self.pretrain_batch_size, "pretrain_batch_size", who)
+        if self.pretrain_noise_lr is not None:
+            check_number(self.pretrain_noise_lr, "pretrain_noise_lr", who, low=0.0, low_open=True)
+        check_number(self.pretrain_tol, "pretrain_tol", who, low=0.0)
+        if self.noise_scale not in ("absolute", "plain"):
+            raise fail("noise_scale", who, "'absolute' or 'plain'", self.noise_scale)
 
     # --- architecture and pre-training ------------------------------------------------------
 
@@ -135,13 +160,32 @@ class LatentPerturbation(TrainingDefense):
         """A copy of the latent-net with this defense's (public) noise configuration."""
         net = copy.deepcopy(_check_latent_net(model, "latent-perturbation"))
         with torch.no_grad():
-            net.noise.mean.fill_(self.mean)
-            net.noise.std.fill_(self.std)
+            net.noise.mean.fill_(self.mean * self.scale_factor)
+            net.noise.std.fill_(self.std * self.scale_factor)
         net.noise.set_learnable(False)
         return net
 
+    def plain_scale(self, model: nn.Module, images: torch.Tensor) -> float:
+        """RMS(latent of ``model``) / RMS(latent of a default-init encoder of its shape)."""
+        net = _check_latent_net(model, "latent-perturbation")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            plain = latent_net(_input_shape(net), net.num_classes, width=net.width,
+                               pool=net.pool, init="default").to(images.device)
+        with torch.no_grad():
+            ours = float(net.encoder(images).pow(2).mean().sqrt())
+            theirs = float(plain.encoder(images).pow(2).mean().sqrt())
+        return ours / theirs if theirs > 0 else 1.0
+
     def setup(self, model: nn.Module, clients: Sequence[ClientData], *, seed: int = 0) -> None:
-        """Learnable variant: every client learns its own noise (Algorithm 1) before FL."""
+        """Scale the noise (``noise_scale="plain"``); learnable variant: every client learns
+        its own noise (Algorithm 1) before FL."""
+        if self.noise_scale == "plain" and clients:
+            self.scale_factor = self.plain_scale(model, clients[0].images[:64])
+            net = _check_latent_net(model, "latent-perturbation")
+            with torch.no_grad():
+                net.noise.mean.fill_(self.mean * self.scale_factor)
+                net.noise.std.fill_(self.std * self.scale_factor)
         if self.noise != "learnable":
             return
         for i, data in enumerate(clients):
@@ -159,34 +203,66 @@ class LatentPerturbation(TrainingDefense):
         """Algorithm 1: learn per-element (mean, std) on local data with a fresh model.
 
         A fresh encoder/predictor/decoder (seeded) is trained with the minimax while the noise
-        parameters learn too; afterwards only the noise is kept (for ``client_id``).
+        parameters learn too; afterwards only the noise is kept (for ``client_id``). Runs
+        ``pretrain_epochs`` epochs, or fewer once (mu, sigma) stop moving (``pretrain_tol``).
         """
         base = _check_latent_net(model, "latent-perturbation")
         torch.manual_seed(seed)
         net = latent_net(
-            _input_shape(base), base.num_classes, width=base.width, pool=base.pool
+            _input_shape(base), base.num_classes, width=base.width, pool=base.pool,
+            init=getattr(base, "init", "he"),
         )
         with torch.no_grad():
-            net.noise.mean.fill_(self.mean)
-            net.noise.std.fill_(self.std)
+            net.noise.mean.fill_(self.mean * self.scale_factor)
+            net.noise.std.fill_(self.std * self.scale_factor)
         net.noise.set_learnable(True)
         net.noise.generator = generator_for(images.device, seed + 1)
         decoder = LatentDecoder(net.latent_shape, _input_shape(base))
         net.train()
         decoder.train()
-        params = [p for p in net.parameters() if p.requires_grad]
-        opt = make_optimizer(params, "adam", lr=self.pretrain_lr)
+        noise = [net.noise.mean, net.noise.std]
+        params = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in noise)]
+        opt = torch.optim.Adam([
+            {"params": params, "lr": self.pretrain_lr},
+            {"params": noise, "lr": self.pretrain_noise_lr or self.pretrain_lr},
+        ])
         dec_opt = make_optimizer(list(decoder.parameters()), "adam", lr=self.pretrain_lr)
         n = images.shape[0]
         b = min(self.pretrain_batch_size, n)
-        steps = self.pretrain_epochs * math.ceil(n / b)
+        per_epoch = math.ceil(n / b)
         gen = torch.Generator().manual_seed(seed)  # cpu generator: batch indices
-        for idx in local_batches(n, b, steps, True, gen):
-            x, y = images[idx], labels[idx]
-            self._minimax_step(net, decoder, dec_opt, x, y).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        learned = (net.noise.mean.detach().clone(), net.noise.std.detach().abs().clone())
+        mu0, sd0 = net.noise.mean.detach().clone(), net.noise.std.detach().abs().clone()
+        prev = (mu0, sd0)
+        log: dict[str, Any] = {"loss": [], "mean_shift": [], "std_shift": [], "change": []}
+        for _ in range(self.pretrain_epochs):
+            total = 0.0
+            for idx in local_batches(n, b, per_epoch, True, gen):
+                x, y = images[idx], labels[idx]
+                loss = self._minimax_step(net, decoder, dec_opt, x, y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                total += float(loss.detach())
+            mu, sd = net.noise.mean.detach().clone(), net.noise.std.detach().abs().clone()
+            change = max(float((mu - prev[0]).abs().mean()), float((sd - prev[1]).abs().mean()))
+            log["loss"].append(total / per_epoch)
+            log["mean_shift"].append(float((mu - mu0).abs().mean()))
+            log["std_shift"].append(float((sd - sd0).abs().mean()))
+            log["change"].append(change)
+            prev = (mu, sd)
+            if self.pretrain_tol > 0 and change < self.pretrain_tol:
+                break
+        mu, sd = prev
+        log.update({
+            "epochs": len(log["loss"]),
+            "converged": bool(self.pretrain_tol > 0 and log["change"][-1] < self.pretrain_tol),
+            "mean_shift_max": float((mu - mu0).abs().max()),
+            "std_shift_max": float((sd - sd0).abs().max()),
+            "mean_range": [float(mu.min()), float(mu.max())],
+            "std_range": [float(sd.min()), float(sd.max())],
+        })
+        self.pretrain_log[client_id] = log
+        learned = (mu, sd)
         self.learned[client_id] = learned
         return learned
 

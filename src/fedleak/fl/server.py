@@ -172,7 +172,10 @@ def federate(
                 **opts,
             )
             if filters is not None:
-                u = filters(u, generator=round_generator(seed, r, salt=1 + c))
+                from fedleak.defenses.filters import with_reference  # (a cycle at import time)
+
+                gen = round_generator(seed, r, salt=1 + c)
+                u = with_reference(filters, start)(u, generator=gen)
             if client_check is not None:
                 checked = client_check(r, c, u, clients[c], start)
                 if checked is None:

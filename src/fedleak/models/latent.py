@@ -74,6 +74,7 @@ class LatentNet(nn.Module):
         pool: int,
         noise_mean: float,
         noise_std: float,
+        init: str = "he",
     ) -> None:
         super().__init__()
         c, h, w = input_shape
@@ -95,10 +96,14 @@ class LatentNet(nn.Module):
                 f"{tuple(input_shape)!r}. Use larger images or a smaller `pool`."
             )
         self.encoder = nn.Sequential(*layers)
-        for m in self.encoder.modules():
-            if isinstance(m, nn.Conv2d):  # He init: the signal keeps its scale through 9 convs
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        if init == "he":
+            for m in self.encoder.modules():
+                if isinstance(m, nn.Conv2d):  # He init: the signal keeps its scale through 9 convs
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+        # init "default": PyTorch's own Conv2d init, as a plain implementation of the paper's
+        # encoder has; its latent is 5-15x smaller than the paper's noise std 0.1 (FIELD.md 7)
+        self.init = init
         self.latent_shape = (in_ch, lh, lw)
         self.noise = LatentNoise(self.latent_shape, noise_mean, noise_std)
         self.predictor = nn.Sequential(
@@ -126,13 +131,18 @@ def latent_net(
     pool: int = 3,
     noise_mean: float = 0.0,
     noise_std: float = 0.0,
+    init: str = "he",
 ) -> LatentNet:
     """Seed 001's Table I classifier (encoder + noise + predictor); noise off by default.
 
     ``width`` 64 and ``pool`` 3 are the paper's (2304 predictor inputs at 28x28 or 32x32);
     smaller values make a CPU-sized model. Undefended, it is a plain 9-conv classifier without
-    BatchNorm, which the baselines (DP-SGD, BiDO, ...) train as well.
+    BatchNorm, which the baselines (DP-SGD, BiDO, ...) train as well. ``init``: "he" (He
+    normal convs, zero biases) or "default" (PyTorch's default init, a plain implementation of
+    the paper's encoder: the latent is then small next to the paper's noise std 0.1).
     """
+    if init not in ("he", "default"):
+        raise ConfigError(f"`init` of {_CALLER} must be 'he' or 'default'; got {init!r}.")
     width = check_int(width, "width", _CALLER)
     pool = check_int(pool, "pool", _CALLER)
     for param, v in (("noise_mean", noise_mean), ("noise_std", noise_std)):
@@ -147,6 +157,7 @@ def latent_net(
         pool=pool,
         noise_mean=float(noise_mean),
         noise_std=float(noise_std),
+        init=init,
     )
 
 

@@ -12,6 +12,7 @@ undefended classifier (semantic leakage).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ from torch import nn
 import fedleak
 from fedleak.data import ImageDataset, load_dataset, partition
 from fedleak.defenses import SecureAggregation, TrainingDefense, make_training_defense
-from fedleak.defenses.dpsgd import DPSGD, dp_epsilon
-from fedleak.defenses.filters import Filter
+from fedleak.defenses.dpsgd import DPSGD
+from fedleak.defenses.filters import Filter, with_reference
+from fedleak.defenses.knowledge import attack_for, attacker_model, client_noise, noise_report
 from fedleak.device import device_of, resolve_device
 from fedleak.fl import ClientData, ThreatModel, federate
 from fedleak.fl.update import ClientUpdate
@@ -173,9 +175,14 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
         )
 
     probe: dict[str, Any] = {}
+    probes: list[dict[str, Any]] = []
 
     def take_probe(global_model: nn.Module) -> None:
-        probe.update(_victim_update(cfg, c, defense, filt, global_model, clients, train))
+        probes[:] = [
+            _victim_update(cfg, c, defense, filt, global_model, clients, train, batch=b)
+            for b in range(atk.batches)
+        ]
+        probe.update(probes[0])
 
     t0 = time.perf_counter()
     if atk.round == 1:
@@ -196,7 +203,7 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
 
     # leakage: attack the probe update
     t0 = time.perf_counter()
-    leak = _attack(cfg, c, probe, out_dir, train_ds)
+    leak = _knowledge_leakage(cfg, c, probes, out_dir, train_ds, defense)
     attack_seconds = time.perf_counter() - t0
 
     record: dict[str, Any] = {
@@ -239,10 +246,17 @@ def _victim_update(
     global_model: nn.Module,
     clients: list[ClientData],
     train: dict[str, Any],
+    batch: int = 0,
 ) -> dict[str, Any]:
-    """The update(s) the attacker gets, from a copy of the defense (the FL run is untouched)."""
+    """The update(s) the attacker gets, from a copy of the defense (the FL run is untouched).
+
+    ``batch`` b probes client 0's images b k .. (b + 1) k (k = ``attack.num_images``).
+    """
     atk = cfg.attack
     k = atk.num_images
+    if batch:
+        clients = [ClientData(clients[0].images[batch * k:], clients[0].labels[batch * k:]),
+                   *clients[1:]]
     opts = {
         **train, "local_epochs": atk.local_epochs, "local_steps": None,
         "batch_size": atk.batch_size or k,
@@ -278,16 +292,76 @@ def _victim_update(
     images, labels = clients[0].images[:k], clients[0].labels[:k]
     update = victim(snapshot, images, labels, seed=seed, client_id="0", round=atk.round, **opts)
     if filt is not None:
-        update = filt(update, generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        update = with_reference(filt, snapshot)(update, generator=gen)
     out: dict[str, Any] = {"update": update, "images": images, "labels": labels,
-                           "model": snapshot, "extra": {}}
+                           "model": snapshot, "extra": {},
+                           "noise": client_noise(victim, snapshot, "0")}
     if isinstance(victim, DPSGD):
-        t = update.training
-        assert t is not None
-        rate = min(1.0, t.batch_size / k)
-        out["dp"] = {"epsilon": dp_epsilon(victim.noise_multiplier, rate, t.local_steps,
-                                           victim.delta, victim.accountant)}
+        # the victim forks the federation's defense, so its ledger already holds client 0's
+        # earlier rounds; the probe round is composed into that same Opacus accountant
+        out["dp"] = {"epsilon": victim.accounting("0")["epsilon"]}
     return out
+
+
+_AVERAGED = ("psnr", "ssim", "mse", "flat_psnr", "label_accuracy", "semantic_accuracy",
+             "attack_loss")
+
+
+def _knowledge_leakage(
+    cfg: SweepConfig,
+    c: Cell,
+    probes: list[dict[str, Any]],
+    out: Path,
+    train_ds: ImageDataset,
+    defense: TrainingDefense,
+) -> dict[str, Any]:
+    """:func:`_attack` once per attacker knowledge setting and probed batch.
+
+    Each setting's scores are averaged over the batches and written with the prefix
+    ``<knowledge>_`` (per-batch values in ``<knowledge>_<score>_batches``); the first setting's
+    are also written unprefixed (the record's main row). Also records how large the client's
+    noise is next to the latent (this model, and a plain default-init encoder) and, for learned
+    noise, how far the pre-training moved it.
+    """
+    atk = cfg.attack
+    result: dict[str, Any] = {"knowledge": atk.knowledge[0], "batches": len(probes)}
+    noise = probes[0].get("noise")
+    noiseless = noise is None or not (bool(noise[0].any()) or bool(noise[1].any()))
+    done: dict[str, dict[str, Any]] = {}
+    for i, know in enumerate(atk.knowledge):
+        # a client without latent noise: none, distribution and exact replay the same model
+        if noiseless and know != "adaptive" and done:
+            same = next((v for k, v in done.items() if k != "adaptive"), None)
+            if same is not None:
+                if i == 0:
+                    result.update(same)
+                result.update({f"{know}_{k}": v for k, v in same.items()})
+                continue
+        name, options = attack_for(know, atk.name, atk.options)
+        run_cfg = dataclasses.replace(
+            cfg, attack=dataclasses.replace(atk, name=name, options=options)
+        )
+        runs = []
+        for b, pr in enumerate(probes):
+            view = {**pr, "model": attacker_model(pr["model"], know, pr.get("noise"))}
+            tag = "" if i == 0 and b == 0 else f"~{know}~b{b}"
+            runs.append(_attack(run_cfg, dataclasses.replace(c, id=c.id + tag), view, out,
+                                train_ds))
+        merged: dict[str, Any] = dict(runs[0])
+        for key in _AVERAGED:
+            vals = [r.get(key) for r in runs]
+            nums = [v for v in vals if isinstance(v, int | float) and math.isfinite(v)]
+            merged[key] = float(np.mean(nums)) if nums else None
+            if len(runs) > 1:
+                merged[f"{key}_batches"] = vals
+        done[know] = merged
+        if i == 0:
+            result.update(merged)
+        result.update({f"{know}_{k}": v for k, v in merged.items()})
+    result.update(noise_report(probes[0]["model"], probes[0]["images"], probes[0].get("noise"),
+                               defense))
+    return result
 
 
 def _correlation(masked: ClientUpdate, plain: ClientUpdate) -> float:

@@ -19,6 +19,7 @@ from fedleak._config_io import apply_overrides, read_config_file
 from fedleak.attacks import ATTACKS
 from fedleak.audit.config import from_dict
 from fedleak.defenses import FILTERS, TRAINING_DEFENSES, make_filter, make_training_defense
+from fedleak.defenses.knowledge import KNOWLEDGE, attack_for
 from fedleak.device import resolve_device
 from fedleak.engines.config import EngineConfig
 from fedleak.errors import ConfigError, FedleakError
@@ -100,6 +101,10 @@ class SweepAttackConfig:
     round: int = 1
     threat: str = "C"
     grant_labels: bool = True
+    # what the attacker knows of a latent-noise client's perturbation, one attack per entry
+    # (fedleak.defenses.knowledge): none (the paper's, default), distribution, exact, adaptive
+    knowledge: list[str] = field(default_factory=lambda: ["none"])
+    batches: int = 1  # probe this many disjoint batches of num_images (averaged in the record)
 
 
 @dataclass
@@ -197,11 +202,25 @@ class SweepConfig:
             raise ConfigError(f"`fl.lr` must be > 0; got {fl.lr}.")
         if fl.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"`fl.optimizer` must be 'sgd' or 'adam'; got {fl.optimizer!r}.")
-        if atk.num_images > d.images_per_client:
+        if atk.batches < 1:
+            raise ConfigError(f"`attack.batches` must be >= 1; got {atk.batches}.")
+        if atk.num_images * atk.batches > d.images_per_client:
             raise ConfigError(
-                f"`attack.num_images` ({atk.num_images}) must not exceed "
-                f"`data.images_per_client` ({d.images_per_client}): the victim is client 0."
+                f"`attack.num_images` x `attack.batches` ({atk.num_images * atk.batches}) must "
+                f"not exceed `data.images_per_client` ({d.images_per_client}): the victim is "
+                "client 0."
             )
+        if not atk.knowledge or len(set(atk.knowledge)) != len(atk.knowledge):
+            raise ConfigError(
+                f"`attack.knowledge` must be a non-empty list of distinct settings; "
+                f"got {atk.knowledge!r}."
+            )
+        for k in atk.knowledge:
+            if k not in KNOWLEDGE:
+                raise ConfigError(
+                    f"`attack.knowledge` entries must be one of {', '.join(KNOWLEDGE)}; got {k!r}."
+                )
+            attack_for(k, atk.name, atk.options)
         if not 1 <= atk.round <= fl.rounds + 1:
             raise ConfigError(
                 f"`attack.round` must be between 1 and fl.rounds + 1 = {fl.rounds + 1}; "

@@ -30,7 +30,7 @@ from flwr.common.constant import ErrorCode
 from torch import nn
 
 from fedleak.audit.selfcheck import SelfCheck, empty_update
-from fedleak.defenses.filters import UpdateTransform
+from fedleak.defenses.filters import UpdateTransform, with_reference
 from fedleak.errors import ConfigError, FedleakError
 from fedleak.fl import ClientData, ClientUpdate
 from fedleak.fl.server import round_generator
@@ -207,8 +207,9 @@ class LeakageCheckMod:
             round=r,
         )
         sent: ClientUpdate | None = update
-        if self.filters is not None:
-            sent = self.filters(update, generator=round_generator(self.seed, r, salt=1 + c))
+        if self.filters is not None:  # the reference: the global model's buffers (NVFlare)
+            filters = with_reference(self.filters, model)
+            sent = filters(update, generator=round_generator(self.seed, r, salt=1 + c))
         record: dict[str, Any] | None = None
         if self.check is not None and self.check.scheduled(r) and self.data_fn is not None:
             records: list[dict[str, Any]] = []

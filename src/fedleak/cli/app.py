@@ -195,11 +195,12 @@ def _objective(v: Any) -> str:
 
 
 def print_scores(rows: list[dict[str, Any]], title: str) -> None:
-    """One row per attacked update: scores, and the fit check's verdict and both objectives."""
+    """One row per attacked update: scores and the fit check's verdict; below the table, each
+    verdict's objectives and note (a table of 80 columns must stay readable)."""
     table = Table(title=title)
     clients = any("client" in r for r in rows)
     cols = ("client",) * clients + ("images", "attack", "PSNR (dB)", "flat PSNR", "SSIM",
-                                    "label acc.", "fit", "attack obj.", "truth obj.")
+                                    "labels", "fit")
     for col in cols:
         table.add_column(col, justify="right", no_wrap=col == "fit")
     for r in rows:
@@ -217,13 +218,19 @@ def print_scores(rows: list[dict[str, Any]], title: str) -> None:
             f"{s['ssim']:.3f}",
             "-" if la is None else f"{la:.0%}",
             f"[{style}]{verdict}[/{style}]",
-            _objective(fit.get("attack_objective")),
-            _objective(fit.get("truth_objective")),
         )
     out_console.print(table)
-    notes = {(r.get("fit") or {}).get("note") for r in rows} - {None, ""}
-    for note in sorted(notes):
-        out_console.print(f"fit check: {note}", style="dim")
+    lines = set()
+    for r in rows:
+        fit = r.get("fit") or {}
+        if fit:
+            lines.add(
+                f"fit check ({r['attack']}): objective {_objective(fit.get('attack_objective'))}"
+                f" at the reconstruction, {_objective(fit.get('truth_objective'))} at the truth"
+                + (f"; {fit['note']}" if fit.get("note") else "")
+            )
+    for line in sorted(lines):
+        out_console.print(line, style="dim", highlight=False)
 
 
 @app.callback()

@@ -35,6 +35,19 @@ err_console = Console(stderr=True, soft_wrap=True)
 STATE = {"quiet": False}
 DEVICE_HELP = "auto (a GPU when present), cpu, cuda, cuda:N or mps."
 DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+# the options audit and sweep share (their configs hold the same keys)
+ConfigDeviceOption = Annotated[
+    str | None, typer.Option("--device", help=f"device (config `device:`): {DEVICE_HELP}")
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster: auto or HOST:PORT (implies --engine ray); none: a local Ray "
+                 "started for the run."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config field: section.key=value (repeatable)."),
+]
 
 
 def check_device(device: str) -> str:
@@ -425,10 +438,7 @@ def audit(
     config: Annotated[
         Path | None, typer.Argument(help="YAML or TOML audit config (defaults if omitted).")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config field: section.key=value (repeatable)."),
-    ] = None,
+    set_: SetOption = None,
     task: Annotated[
         str | None, typer.Option(help="task: classification or diffusion (seed 002).")
     ] = None,
@@ -444,14 +454,8 @@ def audit(
         typer.Option(help="Where the attacks run: local (in this process; the default), ray "
                      "(Ray tasks) or flower (Flower's Simulation Engine). Config: engine.name."),
     ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster: auto or HOST:PORT (implies --engine ray); none: a "
-                     "local Ray started for the run."),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help=f"device (config `device:`): {DEVICE_HELP}")
-    ] = None,
+    ray_address: RayAddressOption = None,
+    device: ConfigDeviceOption = None,
 ) -> None:
     """Run a federation from a config and audit its leakage per round and per client."""
     from fedleak._config_io import read_config_file
@@ -515,10 +519,7 @@ def _write_report(run_dir: Path) -> Path | None:
 @friendly
 def sweep(
     config: Annotated[Path, typer.Argument(help="YAML or TOML sweep config.")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config field: section.key=value (repeatable)."),
-    ] = None,
+    set_: SetOption = None,
     out: Annotated[Path, typer.Option(help="Sweep folder.")] = Path("fedleak-runs/sweep"),
     resume: Annotated[bool, typer.Option(help="Skip cells already in OUT/sweep.jsonl.")] = False,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 2,
@@ -528,14 +529,8 @@ def sweep(
         typer.Option(help="Where the cells run: local (--workers processes; the default) or "
                      "ray (Ray tasks). Config: engine.name."),
     ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster: auto or HOST:PORT (implies --engine ray); none: a "
-                     "local Ray started for the run."),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help=f"device (config `device:`): {DEVICE_HELP}")
-    ] = None,
+    ray_address: RayAddressOption = None,
+    device: ConfigDeviceOption = None,
 ) -> None:
     """Defenses x hyperparameters x seeds: privacy-utility curves (seed 001's study)."""
     from fedleak._config_io import read_config_file

@@ -222,6 +222,7 @@ def attack(
     return dataclasses.replace(
         rec, fit=fit, images=rec.images.to(cpu),
         labels=None if rec.labels is None else rec.labels.to(cpu),
+        restart_images=None if rec.restart_images is None else rec.restart_images.to(cpu),
     )
 
 

@@ -375,6 +375,7 @@ def attack(
 
         attack_artifacts(ctx, locals())
         return
+    device = check_device(device)  # before the heavy imports: an absent device answers first
     from fedleak.audit.runner import planned_iterations
     from fedleak.cli.jobs import AttackJob, run_attack_job
 
@@ -416,7 +417,7 @@ def attack(
         share_noise=share_noise,
         prior_model=None if prior_model is None else str(prior_model),
         prior_steps=prior_steps,
-        device=check_device(device),
+        device=device,
     )
     total = planned_iterations(attack_name, attack_options)
     with progress_bar(describe_attack(attack_name, attack_options), total) as prog:

@@ -249,11 +249,8 @@ def run_diffusion_attack_job(
         )
     ckpt = out / "checkpoints.jsonl"
     ckpt.unlink(missing_ok=True)
-    name = route_attack(job.attack, update, job.attack_options)  # shuffled epochs: fedavg-epochs
-    if name != job.attack:
-        log(f"the client reshuffled over several epochs: {job.attack} -> {name}")
     rec = fedleak.attack(
-        name,
+        job.attack,
         model,
         update,
         threat=ThreatModel(level=job.threat),

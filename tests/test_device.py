@@ -329,3 +329,11 @@ def test_select_after_continues_the_lowest_loss_restart_alone() -> None:
     with pytest.raises(ConfigError, match="select_after"):
         fedleak.attack("inverting-gradients", model, update, threat=threat,
                        select_after=1.5, **opts)
+
+
+def test_a_given_diffusion_t_lives_on_the_model_device() -> None:
+    """Found on a GPU: gidm-plus with ``t=[5]`` built t on the CPU beside a CUDA model."""
+    from fedleak.attacks.diffusion import _fixed_t
+
+    t = _fixed_t([5], 2, 16, "attack 'gidm-plus'", torch.device("meta"))
+    assert t is not None and t.device.type == "meta" and t.shape == (2,)

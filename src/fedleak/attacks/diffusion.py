@@ -572,8 +572,9 @@ def _check(name: str, **values: Any) -> None:
             )
 
 
-def _fixed_t(t: Any, n: int, steps: int, who: str) -> torch.Tensor | None:
-    """The ``t`` option as (N,) timesteps (an int for all images, or one per image)."""
+def _fixed_t(t: Any, n: int, steps: int, who: str,
+             device: torch.device | None = None) -> torch.Tensor | None:
+    """The ``t`` option as (N,) timesteps on ``device`` (an int for all images, or one each)."""
     if t is None:
         return None
     tt = torch.as_tensor(t).long().reshape(-1)
@@ -583,7 +584,7 @@ def _fixed_t(t: Any, n: int, steps: int, who: str) -> torch.Tensor | None:
         raise ConfigError(
             f"`t` of {who} must be one int or {n} ints in [0, {steps - 1}]; got {t!r}."
         )
-    return tt
+    return tt.to(device)
 
 
 def _candidates(spec: Any, steps: int, who: str) -> list[int]:
@@ -656,7 +657,7 @@ def _search_and_t(
     """(t (N,), search result or None): the ``t`` option if given, else a t search."""
     steps = matcher.setup.schedule.steps
     n = inputs.num_images
-    fixed = _fixed_t(attack.t, n, steps, who)
+    fixed = _fixed_t(attack.t, n, steps, who, inputs.device)
     if fixed is not None:
         return fixed, None
     cands = _candidates(attack.t_candidates, steps, who)

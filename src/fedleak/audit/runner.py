@@ -194,6 +194,21 @@ def client_training(spec: ClientSpec) -> dict[str, Any]:
     return own
 
 
+def _with_defaults(saved: Any, default: Any) -> Any:
+    """``saved`` with every key it lacks (at any depth) taken from ``default``."""
+    if not (isinstance(saved, dict) and isinstance(default, dict)):
+        return saved
+    return {**default, **{k: _with_defaults(v, default.get(k)) for k, v in saved.items()}}
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """The dotted keys where two saved configs differ (for the refusal's message)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{path}{k}.")]
+    return [] if old == new else [path.rstrip(".") or "(root)"]
+
+
 def check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
     """Resume only the same config, and never overwrite an audit."""
     cfg_path = out / "config.json"
@@ -202,10 +217,14 @@ def check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
             raise ConfigError(f"{out}: nothing to resume (no config.json); drop --resume.")
         old = json.loads(cfg_path.read_text()).get("audit_config") or {}
         new = json.loads(json.dumps(cfg.to_dict()))
+        # a run saved by an older fedleak lacks the keys added since: they held their defaults
+        old = _with_defaults(old, json.loads(json.dumps(AuditConfig().to_dict())))
         old.pop(ENGINE_KEY, None), new.pop(ENGINE_KEY, None)  # any engine may resume an audit
         if old != new:
+            keys = sorted(_differences(old, new))
             raise ConfigError(
-                f"{out}: the config differs from the one this run started with; resume with the "
+                f"{out}: the config differs from the one this run started with "
+                f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}); resume with the "
                 "same config or choose another --out."
             )
     elif (out / "leakage.jsonl").exists() or (out / "state.pt").exists():

@@ -627,4 +627,21 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - outside a command
-        sys.exit(130)
+        _exit_interrupted()
+    except SystemExit as exc:
+        if exc.code == 130:  # Ctrl-C inside a command (see friendly)
+            _exit_interrupted()
+        raise
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now, skipping the interpreter's teardown of PyTorch and Ray (seconds on a busy
+    machine: Ctrl-C must stop within a second or two). The command has already unwound: its
+    files are closed, its run lock and Ray released; only the standard streams need flushing."""
+    import contextlib
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe
+            stream.flush()
+    os._exit(130)

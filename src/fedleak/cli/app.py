@@ -569,19 +569,19 @@ def report_cmd(
 @friendly
 def datasets() -> None:
     """List the built-in data sets and the file formats fedleak reads."""
-    from fedleak.data import available_datasets
+    from fedleak import catalogue  # the registries' copy: no PyTorch import for a listing
 
     table = Table(title="Built-in data sets (no download)")
     for col in ("name", "images", "size", "channels", "classes", "description"):
         table.add_column(col)
-    for d in available_datasets():
+    for d in catalogue.datasets():
         table.add_row(
-            d.name,
-            str(d.num_images),
-            f"{d.native_size[0]}x{d.native_size[1]}",
-            str(d.channels),
-            ", ".join(d.classes),
-            d.description,
+            d["name"],
+            str(d["num_images"]),
+            f"{d['native_size'][0]}x{d['native_size'][1]}",
+            str(d["channels"]),
+            ", ".join(d["classes"]),
+            d["description"],
         )
     out_console.print(table)
     out_console.print(
@@ -598,25 +598,28 @@ def list_attacks(
     ] = None,
 ) -> None:
     """The attacks: the knowledge each needs, every option with its default and meaning; models."""
-    from fedleak.attacks import ATTACKS
-    from fedleak.cli.reference import option_rows
-    from fedleak.models import available_models
+    from fedleak import catalogue  # the registries' copy: no PyTorch import for a listing
 
-    names = ATTACKS.names() if name is None else [ATTACKS.get(name).name]
+    attacks = catalogue.attacks()
+    names = attacks.names() if name is None else [attacks.get(name)["name"]]
     for attack in names:
-        cls = ATTACKS.get(attack)
-        needs = ", ".join(sorted(cls.requires))
-        table = Table(title=f"{attack}  (needs: {needs})", title_justify="left")
+        entry = attacks.get(attack)
+        needs = ", ".join(entry["requires"])
+        table = Table(
+            title=f"{attack}  (needs: {needs}; threat level {entry['level']} or higher)\n"
+            f"{entry['summary']}",
+            title_justify="left",
+        )
         for col in ("option", "default", "meaning"):
             table.add_column(col, overflow="fold")
-        for option, default, meaning in option_rows(cls, ATTACKS):
+        for option, default, meaning in entry["options"]:
             table.add_row(option, default, meaning)
         out_console.print(table)
     out_console.print(
         "Set them with `fedleak attack --option key=value` or in a config's attack options."
     )
     if name is None:
-        out_console.print("Models: " + ", ".join(available_models()))
+        out_console.print("Models: " + ", ".join(catalogue.models()))
 
 
 def main() -> None:
@@ -624,4 +627,21 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - outside a command
-        sys.exit(130)
+        _exit_interrupted()
+    except SystemExit as exc:
+        if exc.code == 130:  # Ctrl-C inside a command (see friendly)
+            _exit_interrupted()
+        raise
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now, skipping the interpreter's teardown of PyTorch and Ray (seconds on a busy
+    machine: Ctrl-C must stop within a second or two). The command has already unwound: its
+    files are closed, its run lock and Ray released; only the standard streams need flushing."""
+    import contextlib
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe
+            stream.flush()
+    os._exit(130)

@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="breaching's harness side by side with fedleak IG (4 settings)")
     ap.add_argument("--heads", nargs="+", default=["flatten", "gap"],
                     help="heads of the --breaching rows")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4],
+                    help="batch sizes of the --breaching rows")
     ap.add_argument("--variants", nargs="*", default=[],
                     help="more fedleak runs beside the default in the --breaching rows, e.g. "
                     "'tv=auto' 'attack=fedleak-fan'")
@@ -334,7 +336,7 @@ def strength(args: argparse.Namespace, iterations: int) -> None:
         rows += sr.generative_rows(args.out, victim, quick=args.quick)
     if args.breaching:
         rows += sr.breaching_rows(victim, iterations, heads=tuple(args.heads),
-                                  variants=tuple(args.variants))
+                                  batches=tuple(args.batches), variants=tuple(args.variants))
     sr.print_rows(rows)
     sr.print_targets(rows)
 

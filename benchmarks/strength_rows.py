@@ -161,6 +161,7 @@ def reach(trace: list[tuple[int, float, float]], level: float) -> tuple[int, flo
 
 def breaching_rows(victim: Any, iterations: int, threads: int = 1,
                    heads: tuple[str, ...] = ("flatten", "gap"),
+                   batches: tuple[int, ...] = (1, 4),
                    variants: tuple[str, ...] = ()) -> list[Row]:
     """breaching (shared harness) and fedleak IG defaults on the same problem, 4 settings.
 
@@ -180,7 +181,7 @@ def breaching_rows(victim: Any, iterations: int, threads: int = 1,
     faces = faces.images[faces.labels == 0]
     rows: list[Row] = []
     for head in heads:
-        for n in (1, 4):
+        for n in batches:
             try:
                 peer = bsbs.run_breaching(PEER, str(PEER_PYTHON), n, head, iterations, None)
             except SystemExit as exc:

@@ -134,11 +134,16 @@ def test_fedleak_lookahead_moves_and_fits_its_objective(faces):
 
 
 def test_default_beats_a_breaching_like_baseline_by_the_targets_margins(faces):
-    """The side-by-side's targets on a 16x16 problem (flatten head, batch 1, 300 iterations):
-    fedleak's default >= the baseline + 2 dB and >= the flat image + 3 dB. The baseline is
-    Inverting Gradients with breaching's settings (TV 0.2, standard-normal start), computed
-    here with fedleak's own implementation (breaching itself is not installed for tests)."""
-    model, update, x, y = problem(faces, 1)
+    """The side-by-side's targets on a 16x16 problem (the issue's ConvNet widths, flatten head,
+    batch 1, 300 iterations): fedleak's default >= the baseline + 2 dB and >= the flat image
+    + 3 dB. The baseline is Inverting Gradients with breaching's settings (TV 0.2,
+    standard-normal start), computed here with fedleak's own implementation (breaching itself
+    is not installed for tests). Measured: 45.9 dB against 24.2 (flat 16.3). On the narrow
+    test ConvNet (widths 8, 16) the order flips (22.9 against 31.3): TV helps that model."""
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=(1, SIZE, SIZE), num_classes=2, head="flatten")
+    x, y = faces[:1], torch.zeros(1, dtype=torch.long)
+    update = fedleak.observe(model, x, y, bn_mode="eval")
     kw = {"threat": ThreatModel(labels=y), "iterations": 300}
     ours = fedleak.score(fedleak.attack("inverting-gradients", model, update, **kw), x)
     base = fedleak.attack("inverting-gradients", model, update, tv=0.2, init="randn", **kw)

@@ -146,8 +146,8 @@ class FanFedLeak(Attack):
             "constant"), on the pixels.
         signed: Adam on the sign of the gradient (the authors' choice). With ``lookahead`` > 0
             the two signed directions are mixed before Adam whatever this says.
-        tv: total-variation weight, on the scale of inverting-gradients' (the loss is a mean
-            over tensors).
+        tv: total-variation weight, on the scale of inverting-gradients' (both matching forms
+            lie in [0, 2] plus the l1 term).
         keep: share of each tensor's entries that is matched (the authors: 0.5); 1 matches all.
         mask_from: "observed" (rank the observed update: one fixed mask) or "candidate" (rank
             the candidate's simulated gradient every step, as the authors' code does).

@@ -333,7 +333,9 @@ class InvertingGradients(Attack):
             ``"auto"``: every weight of ``tv_grid`` starts as its own restart(s); after
             ``search_fraction`` of the run only the one with the lowest gradient-matching
             term (cosine distance, TV left out) goes on (:mod:`fedleak.attacks.autotune`);
-            ``rec.extras["tv"]`` says which weight won.
+            ``rec.extras["tv"]`` says which weight won. ``restarts`` then counts per weight,
+            and ``select_after`` is replaced by ``search_fraction``. Measured: not better than
+            1e-2 at batch 1 (it chose 1e-2; docs/attacks.md), so not the default.
         tv_grid: the candidate weights of ``tv="auto"``.
         search_fraction: share of ``iterations`` that every ``tv="auto"`` candidate runs;
             the run then costs about len(tv_grid) x this + (1 - this) single runs.

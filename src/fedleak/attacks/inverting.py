@@ -328,8 +328,8 @@ class InvertingGradients(Attack):
             Measured at 1,000 iterations (lfw-faces 32x32, ConvNet) for tv 1e-4 / 1e-3 / 1e-2:
             batch 4 17.3 / 20.7 / 23.4 dB, batch 1 63 / 58 / 49 dB: 1e-2 keeps batches apart
             at little cost for one image. Geiping's repos used 1e-4 (CIFAR) to 0.1-0.2.
-            With labels granted (issue 16, 2 seeds) tv 0 beat 1e-2 on all four rows of the
-            breaching side-by-side, by 0.9-12 dB (docs/attacks.md).
+            Issue 16 (labels granted, docs/attacks.md): tv 0 beat 1e-2 by 12-14 dB at batch
+            1 on the flatten head; elsewhere the order changes with the seed and the device.
             ``"auto"``: every weight of ``tv_grid`` starts as its own restart(s); after
             ``search_fraction`` of the run only the one with the lowest gradient-matching
             term (cosine distance, TV left out) goes on (:mod:`fedleak.attacks.autotune`);

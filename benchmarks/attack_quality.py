@@ -235,6 +235,13 @@ def main(argv: list[str] | None = None) -> None:
                     "'--settings none' skips the rows above")
     ap.add_argument("--breaching", action="store_true",
                     help="breaching's harness side by side with fedleak IG (4 settings)")
+    ap.add_argument("--heads", nargs="+", default=["flatten", "gap"],
+                    help="heads of the --breaching rows")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 4],
+                    help="batch sizes of the --breaching rows")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="more fedleak runs beside the default in the --breaching rows, e.g. "
+                    "'tv=auto' 'attack=fedleak-fan'")
     args = ap.parse_args(argv)
     iterations = args.iterations or (100 if args.quick else 1000)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -328,8 +335,10 @@ def strength(args: argparse.Namespace, iterations: int) -> None:
     if "generative" in kinds and args.strength is not None:
         rows += sr.generative_rows(args.out, victim, quick=args.quick)
     if args.breaching:
-        rows += sr.breaching_rows(victim, iterations)
+        rows += sr.breaching_rows(victim, iterations, heads=tuple(args.heads),
+                                  batches=tuple(args.batches), variants=tuple(args.variants))
     sr.print_rows(rows)
+    sr.print_targets(rows)
 
 
 if __name__ == "__main__":

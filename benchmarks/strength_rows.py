@@ -10,16 +10,16 @@
   ``--out``; inverting-gradients at its defaults on the same update is printed beside it.
 * ``breaching``: the shared harness (``../shared/peer-breaching``, breaching 0.1.2 Inverting
   Gradients at its defaults) side by side with fedleak's inverting-gradients defaults on the
-  same model, faces and gradient (labels granted), flatten/gap x batch 1/4; target: fedleak
-  >= breaching + 2 dB and >= the flat image + 3 dB.
+  same model, faces and gradient (labels granted), flatten/gap x batch 1/4, both on 1 thread;
+  target: fedleak >= breaching + 2 dB and >= the flat image + 3 dB; and the iterations and
+  seconds fedleak needs to reach breaching's PSNR (its ``tv="auto"`` search counted in).
 
 Every row returns (setting, attack, result dict or None, target text, verdict "met"/"missed").
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ PRIOR_SIZE = 16
 PRIOR_STEPS = 1000
 PEER = Path(__file__).resolve().parent.parent / ".." / "shared" / "peer-breaching"
 PEER_PYTHON = Path("/tmp/peer-venv/bin/python")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # breaching_side_by_side
 
 
 def _verdict(ok: bool) -> str:
@@ -121,40 +122,122 @@ def generative_rows(out: Path, victim: Any, quick: bool = False) -> list[Row]:
     return rows
 
 
-def breaching_rows(victim: Any, iterations: int) -> list[Row]:
-    """breaching (shared harness) and fedleak IG defaults on the same problem, 4 settings."""
-    script = PEER / "run_breaching.py"
+def fedleak_run(model: torch.nn.Module, update: fedleak.ClientUpdate, truth: torch.Tensor,
+                labels: torch.Tensor, iterations: int, every: int = 10,
+                attack: str = "inverting-gradients", **options: Any) -> dict[str, Any]:
+    """A fedleak attack (labels granted) with the PSNR of its current best every ``every`` its.
+
+    The trace holds (iterations, PSNR, seconds). Iterations are single-restart iterations:
+    with ``tv="auto"`` the candidates' iterations before the selection count too (each
+    checkpoint before it counts len(tv_grid) x restarts iterations). Seconds leave out the
+    scoring. The truth is used for this report only.
+    """
+    trace: list[tuple[int, float, float]] = []
+    spent = [0.0]
+    start = time.perf_counter()
+
+    def callback(c: Any) -> None:
+        t = time.perf_counter()
+        trace.append((c.iteration, fedleak.score(c.images, truth)["psnr"], t - start - spent[0]))
+        spent[0] += time.perf_counter() - t
+
+    rec = fedleak.attack(attack, model, update, threat=ThreatModel(labels=labels),
+                         iterations=iterations, callback=callback, checkpoint_every=every,
+                         **options)
+    r = _scored(rec, truth, time.perf_counter() - start - spent[0])
+    rows, at = int(rec.extras.get("restarts", 1)), rec.extras.get("select_at")
+    if at is None:  # every restart runs to the end
+        r["trace"] = [(it * rows, p, t) for it, p, t in trace]
+    else:
+        r["trace"] = [(it + (rows - 1) * min(it, at), p, t) for it, p, t in trace]
+    r["tv"] = rec.extras.get("tv")
+    return r
+
+
+def reach(trace: list[tuple[int, float, float]], level: float) -> tuple[int, float] | None:
+    """First (iterations, seconds) of a trace at which the PSNR is >= ``level``."""
+    return next(((it, t) for it, p, t in trace if p >= level), None)
+
+
+def breaching_rows(victim: Any, iterations: int, threads: int = 1,
+                   heads: tuple[str, ...] = ("flatten", "gap"),
+                   batches: tuple[int, ...] = (1, 4),
+                   variants: tuple[str, ...] = ()) -> list[Row]:
+    """breaching (shared harness) and fedleak IG defaults on the same problem, 4 settings.
+
+    Both run on ``threads`` threads (breaching in its own venv through the harness's
+    ``run_breaching_threads.py``, reused from ``breaching_side_by_side.run_breaching``). Each
+    fedleak row also says at which iteration, and after how many seconds, fedleak first
+    reached breaching's PSNR (search included). ``variants`` adds fedleak runs with other
+    options ("tv=auto", "attack=fedleak-fan", "attack=fedleak-fan lookahead=0", ...).
+    """
+    import breaching_side_by_side as bsbs
+
+    script = PEER / "run_breaching_threads.py"
     if not (PEER_PYTHON.is_file() and script.is_file()):
         return [("breaching", "-", None, "", f"harness missing ({PEER_PYTHON}, {script})")]
+    torch.set_num_threads(threads)
     faces = load_dataset("lfw-faces", size=SIZE, split="all")
     faces = faces.images[faces.labels == 0]
     rows: list[Row] = []
-    for head in ("flatten", "gap"):
-        for n in (1, 4):
-            # PSNR is deterministic; the harness's wait for an idle machine only matters for
-            # its timings, which this comparison does not use
-            cmd = [str(PEER_PYTHON), str(script), "--batch", str(n), "--head", head,
-                   "--iterations", str(iterations), "--wait-idle", "0", "--retries", "0"]
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=PEER, check=False)
+    for head in heads:
+        for n in batches:
             try:
-                peer = json.loads(done.stdout.strip().splitlines()[-1])
-            except (IndexError, json.JSONDecodeError):
-                rows.append((f"{head}-b{n}", "breaching", None, "", f"failed: {done.stderr[-80:]}"))
+                peer = bsbs.run_breaching(PEER, str(PEER_PYTHON), n, head, iterations, None)
+            except SystemExit as exc:
+                rows.append((f"{head}-b{n}", "breaching", None, "", f"failed: {str(exc)[-80:]}"))
                 continue
             model = victim(head)
             truth, labels = faces[:n].clone(), torch.zeros(n, dtype=torch.long)
             update = fedleak.observe(model, truth, labels, bn_mode="eval")
-            start = time.perf_counter()
-            rec = fedleak.attack("inverting-gradients", model, update,
-                                 threat=ThreatModel(labels=labels), iterations=iterations)
-            r = _scored(rec, truth, time.perf_counter() - start)
-            b = {"psnr": peer["psnr"], "ssim": float("nan"), "flat": r["flat"],
-                 "seconds": peer.get("attack_wall_s", float("nan")), "iterations": iterations}
+            b = {"psnr": peer["psnr"], "ssim": float("nan"), "flat": float("nan"),
+                 "seconds": peer["cpu_ms"] * iterations / 1000, "iterations": iterations}
             rows.append((f"{head}-b{n}", "breaching invertinggradients", b, "", ""))
-            ok = r["psnr"] >= peer["psnr"] + 2 and r["psnr"] >= r["flat"] + 3
-            rows.append((f"{head}-b{n}", "fedleak inverting-gradients", r,
-                         f">= {peer['psnr'] + 2:.2f} and >= {r['flat'] + 3:.2f}", _verdict(ok)))
+            for variant in ("", *variants):
+                opts = parse_variant(variant)
+                r = fedleak_run(model, update, truth, labels, iterations, **opts)
+                b["flat"] = r["flat"]
+                r["reach"] = reach(r["trace"], peer["psnr"])
+                r["breaching"], r["variant"] = peer["psnr"], variant or "default"
+                ok = r["psnr"] >= peer["psnr"] + 2 and r["psnr"] >= r["flat"] + 3
+                rows.append((f"{head}-b{n}", f"fedleak {variant or 'default'}", r,
+                             f">= {peer['psnr'] + 2:.2f} and >= {r['flat'] + 3:.2f}",
+                             _verdict(ok)))
+                print(f"  {head}-b{n} {variant or 'default'}: {r['psnr']:.2f} dB (breaching "
+                      f"{peer['psnr']:.2f}, flat {r['flat']:.2f}), tv {r['tv']}, "
+                      f"{r['seconds']:.0f} s, reach {r['reach']}", flush=True)
     return rows
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """"tv=auto attack=fedleak-fan lookahead=0" -> options (numbers parsed, else strings)."""
+    out: dict[str, Any] = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+def print_targets(rows: list[Row]) -> None:
+    """The issue-16 targets table: one line per setting with breaching and fedleak side by side."""
+    fed = [(s, r) for s, tag, r, _, _ in rows if r is not None and "breaching" in r]
+    if not fed:
+        return
+    print(f"\n{'setting':<12} {'fedleak':<28} {'breaching':>9} {'fedleak':>8} {'flat':>6} "
+          f"{'tv':>6} {'>= b+2':>8} {'>= flat+3':>9} {'reach b: it':>11} {'s (1 thr)':>9}")
+    for s, r in fed:
+        b, p, flat = r["breaching"], r["psnr"], r["flat"]
+        hit = r["reach"]
+        tv = f"{r['tv']:g}" if isinstance(r["tv"], float) else str(r["tv"])
+        print(f"{s:<12} {r['variant']:<28} {b:9.2f} {p:8.2f} {flat:6.2f} {tv:>6} "
+              f"{_verdict(p >= b + 2):>8} {_verdict(p >= flat + 3):>9} "
+              f"{hit[0] if hit else 'never':>11} {f'{hit[1]:.1f}' if hit else '-':>9}")
 
 
 def print_rows(rows: list[Row]) -> None:

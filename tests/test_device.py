@@ -69,7 +69,7 @@ def _classifier_case(name: str) -> tuple[Any, Any, ThreatModel, dict[str, Any]]:
         return model, update, ThreatModel(labels=y), {"iterations": 3}
     update = fedleak.observe(model, x, y, bn_mode="eval")
     opts: dict[str, Any] = {"iterations": 3}
-    if name in ("inverting-gradients", "gradinversion"):
+    if name in ("inverting-gradients", "gradinversion", "fedleak-fan"):
         opts["restarts"] = 2
     return model, update, ThreatModel(labels=y), opts
 
@@ -121,8 +121,8 @@ def _new_attack_case(name: str) -> tuple[Any, Any, ThreatModel, dict[str, Any]]:
 
 
 CASES = {
-    **dict.fromkeys(["analytic", "bn-fedavg", "dlg", "gradinversion", "inverting-gradients"],
-                    _classifier_case),
+    **dict.fromkeys(["analytic", "bn-fedavg", "dlg", "gradinversion", "inverting-gradients",
+                     "fedleak-fan"], _classifier_case),
     **dict.fromkeys(["fedavg-epochs", "generative-prior", "inverting-gradients-latent", "spear"],
                     _new_attack_case),
     **dict.fromkeys(["diffusion-ig", "gidm", "gidm-plus"], _diffusion_case),

@@ -185,7 +185,7 @@ def _case(name: str, faces, tmp_path) -> dict:
         bn_mode="train", shuffle=False,
     )
     opts = {"iterations": 3}
-    if name in ("inverting-gradients", "gradinversion"):
+    if name in ("inverting-gradients", "gradinversion", "fedleak-fan"):
         opts["restarts"] = 2
     return {"model": model, "update": update, "x": x, "y": y, "options": opts,
             "threat": ThreatModel(labels=y)}
@@ -193,7 +193,7 @@ def _case(name: str, faces, tmp_path) -> dict:
 
 # attacks whose restart losses come from the shared loop at the returned images
 SAME_LOSS = {"inverting-gradients", "gradinversion", "bn-fedavg", "diffusion-ig", "gidm",
-             "gidm-plus"}
+             "gidm-plus", "fedleak-fan"}
 
 
 @pytest.mark.parametrize("name", available_attacks())

@@ -4,6 +4,7 @@ from fedleak.attacks import analytic as _analytic  # noqa: F401  (registers "ana
 from fedleak.attacks import bn_fedavg as _bn_fedavg  # noqa: F401  (registers "bn-fedavg")
 from fedleak.attacks import diffusion as _diffusion  # noqa: F401  (diffusion-ig, gidm, gidm-plus)
 from fedleak.attacks import dlg as _dlg  # noqa: F401  (registers "dlg")
+from fedleak.attacks import fan_fedleak as _fan_fedleak  # noqa: F401  (fedleak-fan)
 from fedleak.attacks import fedavg_epochs as _fedavg_epochs  # noqa: F401  (fedavg-epochs)
 from fedleak.attacks import generative as _generative  # noqa: F401  (generative-prior)
 from fedleak.attacks import gradinversion as _gradinversion  # noqa: F401  (registers it)

@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                                                             "/tmp/peer-venv/bin/python"))
     ap.add_argument("--no-breaching", action="store_true",
                     help="time fedleak's restarts only (4 restarts / 1 run), no breaching runs")
+    ap.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS),
+                    help="fedleak variants to time (default all; 'fedleak' is always run)")
     ap.add_argument("--worker", choices=sorted(TOOLS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     setting = load_setting(args.peer)
@@ -173,9 +175,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.head}, {args.rounds} alternating round(s)", flush=True)
     short = args.iterations // 5 if args.short is None else args.short
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    variants = [t for t in TOOLS if t == "fedleak" or t in args.tools]
     for rnd in range(args.rounds):
         for b in args.batches:
-            order = [*([] if args.no_breaching else ["breaching"]), *TOOLS]
+            order = [*([] if args.no_breaching else ["breaching"]), *variants]
             if rnd % 2:
                 order.reverse()
             for tool in order:
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         return statistics.median(n[key] / d[key] for n, d in zip(runs[(b, num)], runs[(b, den)],
                                                                  strict=True))
 
-    tools = [*([] if args.no_breaching else ["breaching"]), *TOOLS]
+    tools = [*([] if args.no_breaching else ["breaching"]), *variants]
     print("\nbatch tool              wall ms/it  cpu ms/it  marginal cpu  step ms  PSNR dB   TV")
     for b in args.batches:
         for tool in tools:
@@ -222,17 +225,20 @@ def main(argv: list[str] | None = None) -> None:
               f"{ratio(b, 'fedleak', 'breaching', 'marginal_cpu_ms'):.2f}x, median step "
               f"{ratio(b, 'fedleak', 'breaching', 'step_ms'):.2f}x")
     for b in args.batches:
-        for tool in ("fedleak R=4", "fedleak R=4 sel"):
+        for tool in [t for t in ("fedleak R=4", "fedleak R=4 sel") if t in variants]:
             print(f"batch {b}: {tool} / fedleak 1 restart: wall "
                   f"{ratio(b, tool, 'fedleak', 'ms'):.2f}x, cpu "
                   f"{ratio(b, tool, 'fedleak', 'cpu_ms'):.2f}x, marginal cpu "
                   f"{ratio(b, tool, 'fedleak', 'marginal_cpu_ms'):.2f}x, median step "
                   f"{ratio(b, tool, 'fedleak', 'step_ms'):.2f}x")
-    print("\nbatched restarts, CPU clock (the robust one on a shared machine; median over "
-          "alternating rounds of per-round ratios):")
+    if len(variants) > 1:
+        print("\nbatched restarts, CPU clock (the robust one on a shared machine; median over "
+              "alternating rounds of per-round ratios):")
     for b in args.batches:
         for tool, what in (("fedleak R=4", "every restart to the end"),
                            ("fedleak R=4 sel", "select_after=0.125")):
+            if tool not in variants:
+                continue
             mark = "  <- restarts=4 default" if TOOLS[tool][1] == DEFAULT_SELECT_AFTER else ""
             print(f"batch {b}: 4 restarts / 1 run = {ratio(b, tool, 'fedleak', 'cpu_ms'):.2f}x "
                   f"({what}){mark}")

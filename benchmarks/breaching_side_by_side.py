@@ -19,10 +19,14 @@ clock is the fair one (a 1-thread run's CPU time barely moves when other process
 ratios are medians over rounds. PSNR: the harness's metric (Hungarian pairing, [0, 1]).
 Also timed: fedleak with 4 batched restarts against 1 restart on the same problem, every
 restart to the end (``restarts=4``: compute-bound on one CPU thread, ~R runs) and with
-``select_after=0.125`` (only the lowest-loss restart goes on after 1/8 of the iterations).
+``select_after=0.125`` (only the lowest-loss restart goes on after 1/8 of the iterations);
+the last lines print ``4 restarts / 1 run = X.XXx`` per batch on the CPU clock (whole runs,
+setup included: what a user waits for), ``--no-breaching`` times only these.
+``benchmarks/restart_paths.py`` shows why full restarts stay near R runs on one thread.
 
     python benchmarks/breaching_side_by_side.py                      # 300 iterations, 3 rounds
     python benchmarks/breaching_side_by_side.py --iterations 100 --rounds 1 --batches 1
+    python benchmarks/breaching_side_by_side.py --no-breaching --iterations 250 --short 0
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any
 import torch
 
 import fedleak
+from fedleak.attacks.inverting import InvertingGradients
 from fedleak.fl.threat import ThreatModel
 from fedleak.fl.update import ClientUpdate
 
@@ -81,6 +86,8 @@ def run_breaching(peer: Path, python: str, batch: int, head: str, iterations: in
             "step_ms": d["ms_per_iter_median"], "psnr": d["psnr"], "tv": d["tv"]}
 
 
+#: inverting-gradients' own ``select_after`` default (what ``restarts=4`` alone runs)
+DEFAULT_SELECT_AFTER = InvertingGradients.select_after
 TOOLS = {  # name -> (restarts, select_after) of fedleak's inverting-gradients
     "fedleak": (1, None),
     "fedleak R=4": (4, None),
@@ -148,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="the peer harness folder")
     ap.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON",
                                                             "/tmp/peer-venv/bin/python"))
+    ap.add_argument("--no-breaching", action="store_true",
+                    help="time fedleak's restarts only (4 restarts / 1 run), no breaching runs")
+    ap.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS),
+                    help="fedleak variants to time (default all; 'fedleak' is always run)")
     ap.add_argument("--worker", choices=sorted(TOOLS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     setting = load_setting(args.peer)
@@ -156,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_fedleak(setting, args.batches[0], args.head, args.iterations,
                                      restarts, args.tv, select_after)))
         return
-    if not Path(args.peer_python).exists():
+    if not args.no_breaching and not Path(args.peer_python).exists():
         raise SystemExit(f"no breaching venv python at {args.peer_python} (see the harness "
                          "README: bash setup.sh); pass --peer-python")
     torch.set_num_threads(1)
@@ -164,9 +175,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.head}, {args.rounds} alternating round(s)", flush=True)
     short = args.iterations // 5 if args.short is None else args.short
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    variants = [t for t in TOOLS if t == "fedleak" or t in args.tools]
     for rnd in range(args.rounds):
         for b in args.batches:
-            order = ["breaching", *TOOLS]
+            order = [*([] if args.no_breaching else ["breaching"]), *variants]
             if rnd % 2:
                 order.reverse()
             for tool in order:
@@ -195,26 +207,41 @@ def main(argv: list[str] | None = None) -> None:
         return statistics.median(n[key] / d[key] for n, d in zip(runs[(b, num)], runs[(b, den)],
                                                                  strict=True))
 
+    tools = [*([] if args.no_breaching else ["breaching"]), *variants]
     print("\nbatch tool              wall ms/it  cpu ms/it  marginal cpu  step ms  PSNR dB   TV")
     for b in args.batches:
-        for tool in ("breaching", *TOOLS):
+        for tool in tools:
             tv = runs[(b, tool)][0]["tv"]
             print(f"{b:5d} {tool:<16} {med(b, tool, 'ms'):11.1f} {med(b, tool, 'cpu_ms'):10.1f} "
                   f"{med(b, tool, 'marginal_cpu_ms'):13.1f} {med(b, tool, 'step_ms'):8.1f} "
                   f"{med(b, tool, 'psnr'):8.2f}  {tv}")
     print("\nratios (median over rounds of per-round ratios)")
     for b in args.batches:
+        if args.no_breaching:
+            break
         print(f"batch {b}: fedleak / breaching per iteration: wall "
               f"{ratio(b, 'fedleak', 'breaching', 'ms'):.2f}x, cpu "
               f"{ratio(b, 'fedleak', 'breaching', 'cpu_ms'):.2f}x, marginal cpu "
               f"{ratio(b, 'fedleak', 'breaching', 'marginal_cpu_ms'):.2f}x, median step "
               f"{ratio(b, 'fedleak', 'breaching', 'step_ms'):.2f}x")
-        for tool in ("fedleak R=4", "fedleak R=4 sel"):
+    for b in args.batches:
+        for tool in [t for t in ("fedleak R=4", "fedleak R=4 sel") if t in variants]:
             print(f"batch {b}: {tool} / fedleak 1 restart: wall "
                   f"{ratio(b, tool, 'fedleak', 'ms'):.2f}x, cpu "
                   f"{ratio(b, tool, 'fedleak', 'cpu_ms'):.2f}x, marginal cpu "
                   f"{ratio(b, tool, 'fedleak', 'marginal_cpu_ms'):.2f}x, median step "
                   f"{ratio(b, tool, 'fedleak', 'step_ms'):.2f}x")
+    if len(variants) > 1:
+        print("\nbatched restarts, CPU clock (the robust one on a shared machine; median over "
+              "alternating rounds of per-round ratios):")
+    for b in args.batches:
+        for tool, what in (("fedleak R=4", "every restart to the end"),
+                           ("fedleak R=4 sel", "select_after=0.125")):
+            if tool not in variants:
+                continue
+            mark = "  <- restarts=4 default" if TOOLS[tool][1] == DEFAULT_SELECT_AFTER else ""
+            print(f"batch {b}: 4 restarts / 1 run = {ratio(b, tool, 'fedleak', 'cpu_ms'):.2f}x "
+                  f"({what}){mark}")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,23 @@ attack). Per-restart results go to ``--out``/restart_selection.json.
 
     python benchmarks/restart_selection.py                  # gap head, batch 1, 5 seeds x 4
     python benchmarks/restart_selection.py --quick          # 100 iterations, 2 seeds
+
+``--select-after 0.125 0.25`` instead compares successive selection with full restarts: per
+seed one batched run with every restart to the end (loss pick), one run per fraction with
+``select_after`` (all restarts for that share of the iterations, then only the lowest-loss one),
+and 1 restart (the full run's restarts are R seeded single runs: their mean PSNR is what one
+restart gets; restart 0 starts from the same draw as the 1-restart run of that seed). The
+attack never sees the truth; the PSNRs are scored afterwards. Results go to
+``--out``/select_after.json.
+
+    python benchmarks/restart_selection.py --select-after 0.125 0.25 --iterations 500
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -42,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="100 iterations, 2 seeds")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    ap.add_argument("--select-after", type=float, nargs="+", default=None, metavar="FRAC",
+                    help="compare select_after=FRAC with full restarts and 1 restart")
+    ap.add_argument("--layer-weights", default="equal", choices=["equal", "linear"])
+    ap.add_argument("--device", default="cpu", help="where the attacks run (default cpu)")
     args = ap.parse_args(argv)
     if args.quick:
         args.iterations, args.seeds = 100, 2
@@ -50,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     truth, labels = client_data(args.batch, False)
     update = fedleak.observe(model, truth, labels, bn_mode="eval")
     threat = ThreatModel(labels=labels)
+    if args.select_after:
+        compare_select_after(args, model, update, threat, truth)
+        return
     print(f"{args.head} head, batch {args.batch}, {args.seeds} seeds x {args.restarts} restarts, "
           f"{args.iterations} iterations (inverting-gradients defaults, labels granted)")
     rows, gaps = [], {s: [] for s in SELECTIONS}
@@ -84,6 +102,50 @@ def main(argv: list[str] | None = None) -> None:
     path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                 "rows": rows}, indent=1))
     print(f"per-restart results -> {path}")
+
+
+def compare_select_after(args: argparse.Namespace, model: torch.nn.Module, update: object,
+                         threat: ThreatModel, truth: torch.Tensor) -> None:
+    """PSNR of full restarts (loss pick) vs ``select_after`` fractions vs 1 restart, per seed."""
+    print(f"{args.head} head, batch {args.batch}, {args.seeds} seeds, {args.restarts} restarts, "
+          f"{args.iterations} iterations, layer_weights {args.layer_weights}, device "
+          f"{args.device} (inverting-gradients defaults otherwise, labels granted)", flush=True)
+    names = ["full", *(f"select {f:g}" for f in args.select_after), "1 restart (mean)",
+             "1 restart (r0)"]
+    table: dict[str, list[float]] = {n: [] for n in names}
+    seconds: dict[str, list[float]] = {n: [] for n in names[:-2]}
+    rows = []
+    for seed in range(args.seeds):
+        runs = [("full", None), *((f"select {f:g}", f) for f in args.select_after)]
+        row: dict[str, object] = {"seed": seed}
+        for name, frac in runs:
+            start = time.perf_counter()
+            rec = fedleak.attack(
+                "inverting-gradients", model, update, threat=threat, seed=seed,
+                iterations=args.iterations, restarts=args.restarts, select_after=frac,
+                layer_weights=args.layer_weights, device=args.device,
+            )
+            seconds[name].append(time.perf_counter() - start)
+            table[name].append(fedleak.score(rec, truth)["psnr"])
+            row[name] = {"psnr": table[name][-1], "pick": rec.best_restart,
+                         "losses": rec.restart_losses}
+            if frac is None:  # each restart of the full run is one seeded single run
+                each = [fedleak.score(img, truth)["psnr"] for img in rec.restart_images]
+                row["restart_psnr"] = each
+                table["1 restart (mean)"].append(statistics.mean(each))
+                table["1 restart (r0)"].append(each[0])
+        rows.append(row)
+        print(f"seed {seed}: " + " | ".join(f"{n} {table[n][-1]:.2f}" for n in names), flush=True)
+    print()
+    full = statistics.mean(table["full"])
+    for n in names:
+        mean = statistics.mean(table[n])
+        t = f", {statistics.mean(seconds[n]):.1f} s/run" if n in seconds else ""
+        print(f"{n:>18}: mean PSNR {mean:6.2f} dB ({mean - full:+.2f} vs full){t}")
+    path = args.out / "select_after.json"
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                "rows": rows}, indent=1))
+    print(f"per-seed results -> {path}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -193,13 +193,20 @@ def chunk_size(total: int, bytes_per_item: int, budget_bytes: int, what: str) ->
 
 
 @torch.no_grad()
-def restart_bytes(model: nn.Module, image_shape: tuple[int, ...], num_images: int) -> int:
+def restart_bytes(
+    model: nn.Module,
+    image_shape: tuple[int, ...],
+    num_images: int,
+    forward: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+) -> int:
     """Rough memory of one restart of a gradient-matching attack on ``num_images`` images.
 
     One probe forward (no graph) sums the sizes of every module's output; a restart keeps the
     forward activations, the backward's intermediates and their second-order gradients (about
     6x the activations) plus the simulated update and its gradient (about 4x the parameters).
-    An estimate to size chunks, not a bound: keep the budget below the device's memory.
+    ``forward(model, x)`` calls a model that takes more than the images (a diffusion UNet:
+    images and timesteps); default ``model(x)``. An estimate to size chunks, not a bound: keep
+    the budget below the device's memory; 0 when the model cannot be probed (no chunking).
     """
     total = 0
 
@@ -213,7 +220,11 @@ def restart_bytes(model: nn.Module, image_shape: tuple[int, ...], num_images: in
     was = model.training
     model.eval()
     try:
-        model(torch.zeros(num_images, *image_shape, device=device_of(model)))
+        x = torch.zeros(num_images, *image_shape, device=device_of(model))
+        if forward is None:
+            model(x)
+        else:
+            forward(model, x)
     except Exception:  # noqa: BLE001 - a model that cannot be probed: no estimate
         return 0
     finally:

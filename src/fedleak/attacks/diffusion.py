@@ -53,6 +53,7 @@ from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_
 from fedleak.attacks.fit import FitTerms
 from fedleak.attacks.optimize import OptimizationResult, optimize, total_variation
 from fedleak.attacks.simulate import Tensors, gradient_distance, pseudo_gradient
+from fedleak.device import chunk_size, memory_budget, restart_bytes
 from fedleak.diffusion.client import parse_diffusion_loss
 from fedleak.diffusion.prior import diffusion_meta, load_model
 from fedleak.diffusion.schedule import NoiseSchedule, ddim_sample, diffusion_loss
@@ -238,6 +239,7 @@ class Matcher:
     latent_prior: float = 0.0
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     ddim_steps: int = 0
+    prior: nn.Module | None = None  # the decoder's UNet (its memory counts per restart)
 
     def restricted(self, model: nn.Module, names: Sequence[str]) -> Matcher:
         """The same matcher on a subset of the update's tensors (renormalized l2)."""
@@ -253,7 +255,7 @@ class Matcher:
         return Matcher(
             DiffusionSimulator(model, sub), sub, self.metric, tv=self.tv,
             eps_prior=self.eps_prior, latent_prior=self.latent_prior, decode=self.decode,
-            ddim_steps=self.ddim_steps,
+            ddim_steps=self.ddim_steps, prior=self.prior,
         )
 
     def images(self, v: Variables) -> torch.Tensor:
@@ -289,9 +291,11 @@ class Matcher:
         )
 
     def objective(self, t: torch.Tensor | None = None) -> Callable[[Variables], torch.Tensor]:
+        """``v -> (R,)`` loss; fixed timesteps come as ``t`` or, per chunk, as ``v["t"]``."""
+
         def f(v: Variables) -> torch.Tensor:
             x = self.images(v)
-            eps, tt = self.noise(v, x.shape[0], t)
+            eps, tt = self.noise(v, x.shape[0], v.get("t", t))
             loss = gradient_distance(
                 self.sim(x, eps, tt), self.setup.target, metric=self.metric,
                 weights=self.setup.weights,
@@ -324,14 +328,41 @@ def run(
     schedule: str,
     t: torch.Tensor | None = None,
 ) -> OptimizationResult:
-    """One optimization phase over ``variables`` (leading dim R) with the shared Adam loop."""
+    """One optimization phase over ``variables`` (leading dim R) with the shared Adam loop,
+    the restarts in chunks that fit the memory budget (:func:`restart_chunk`)."""
     decode = (lambda v: matcher.images(v).clamp(0, 1)) if "latent" in variables else None
     key = "latent" if "latent" in variables else "images"
+    r = next(iter(variables.values())).shape[0]
     return optimize(
-        variables, matcher.objective(t), inputs, iterations=iterations, lr=lr, signed=signed,
+        variables, matcher.objective(), inputs, iterations=iterations, lr=lr, signed=signed,
         schedule=schedule, project=clamp_images, image_key=key, decode=decode,
         fresh=redraw(variables, inputs.seed), who="the diffusion attack",
+        chunk=restart_chunk(matcher, inputs, r, latent="latent" in variables),
+        constants=None if t is None else {"t": t},
     )
+
+
+def _unet_forward(model: nn.Module, x: torch.Tensor) -> Any:
+    """Probe call of a diffusion model ``(x_t, t)``, for :func:`restart_bytes`."""
+    return model(x, torch.zeros(x.shape[0], device=x.device))
+
+
+def restart_chunk(matcher: Matcher, inputs: AttackInputs, restarts: int, latent: bool) -> int:
+    """How many restarts run at once within the memory budget (ConfigError if not even one).
+
+    One restart replays the client's K local steps (``setup.index``: every sample of every
+    step) through the victim UNet, differentiated twice; from a latent it also keeps the
+    prior's ``ddim_steps`` forwards for the backward. An estimate (see :func:`restart_bytes`);
+    a model that cannot be probed as ``model(x, t)`` runs unchunked.
+    """
+    shape = inputs.image_shape
+    per = restart_bytes(matcher.sim.net, shape, int(matcher.setup.index.numel()), _unet_forward)
+    if latent and matcher.prior is not None and per > 0:
+        per += matcher.ddim_steps * restart_bytes(
+            matcher.prior, shape, inputs.num_images, _unet_forward
+        )
+    budget = memory_budget(inputs.device, inputs.memory_budget)
+    return chunk_size(restarts, per, budget, f"restart of {inputs.num_images} image(s)")
 
 
 def redraw(variables: Variables, seed: int) -> Callable[[torch.Tensor], Variables]:
@@ -828,6 +859,8 @@ class DiffusionIG(Attack):
             extras["eps"] = res.best["eps"][best].detach().clone()
             _remember(self, res.best["images"][best], extras["eps"], t)
         extras["retried"] = res.retried
+        if res.chunk:  # restarts per forward, when the memory budget split them
+            extras["restart_chunk"] = res.chunk
         return _package(
             self, inputs, res.best["images"][best], history + res.history[:, best].tolist(),
             res.best_loss.tolist(), best, done + res.iterations, start, extras,
@@ -876,6 +909,7 @@ class _GIDMBase(Attack):
         prior_steps = NoiseSchedule.from_spec(meta.get("schedule", setup.schedule)).steps
         k = min(self.ddim_steps or prior_steps, prior_steps)
         matcher.decode = prior_decoder(prior, setup, k)
+        matcher.prior = prior
         matcher.latent_prior = self.latent_prior
         matcher.ddim_steps = k
         return k
@@ -913,6 +947,8 @@ class _GIDMBase(Attack):
             "ddim_steps": k,
         }
         extras["retried"] = res1.retried
+        if res1.chunk:  # restarts per forward, when the memory budget split them
+            extras["restart_chunk"] = res1.chunk
         extras["restart_images"] = phase1
         if private and self.phase2_iterations == 0:
             extras["eps"] = res1.best["eps"][best1].detach().clone()
@@ -927,6 +963,8 @@ class _GIDMBase(Attack):
         if private:
             extras["eps"] = res2.best["eps"][best2].detach().clone()
         extras["retried"] += res2.retried
+        if res2.chunk:  # restarts per forward, when the memory budget split them
+            extras["restart_chunk"] = res2.chunk
         extras["restart_images"] = res2.best["images"]
         return res1, res2, res2.best["images"][best2], extras
 

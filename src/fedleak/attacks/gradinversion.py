@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,7 @@ from fedleak.attacks.inverting import (
     finish,
     fit_terms,
     normalize_layers,
+    restart_chunk,
     retry_images,
     start_matching,
 )
@@ -199,14 +201,17 @@ class GradInversion(Attack):
         inputs: AttackInputs,
         setup: MatchingSetup,
         y: torch.Tensor,
-        state: dict[str, int] | None = None,
-        first: dict[str, torch.Tensor] | None = None,
-        last: dict[str, torch.Tensor] | None = None,
+        state: dict[str, Any] | None = None,
+        first: dict[str, Any] | None = None,
+        last: dict[str, Any] | None = None,
     ):  # noqa: ANN202
         """The attack loss ``x -> (objective, residual)``, (R,) each: the one function that
         :meth:`reconstruct` minimizes and :meth:`objective_at` evaluates. ``residual`` is the
         gradient distance relative to the target's (weighted) squared norm. ``state["it"]``
-        switches group consistency on; ``first``/``last`` collect the BN term (diagnostics)."""
+        switches group consistency on, ``state["center"]`` (if set) is the detached mean image
+        of all restarts (chunks see only their own); ``first``/``last`` collect the BN term
+        (diagnostics: each call appends to ``last["bn_parts"]``, see :meth:`reconstruct`).
+        ``labels`` (R, N) default ``y``: a chunk passes its restarts' labels."""
         sim, weights = setup.simulator, setup.weights
         state = {"it": 0} if state is None else state
         first = {} if first is None else first
@@ -228,12 +233,15 @@ class GradInversion(Attack):
         last["bn_layers"] = torch.tensor(0 if bn is None else len(bn))
         last["bn_train_forward"] = torch.tensor(stats_sim is not None)
 
-        def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def objective(
+            x: torch.Tensor, labels: torch.Tensor | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            yy = y if labels is None else labels
             steps: list[StepStats] = []
             if stats_sim is not None:
-                sim_out, steps = stats_sim(x, y)
+                sim_out, steps = stats_sim(x, yy)
             else:
-                sim_out = sim(x, y)
+                sim_out = sim(x, yy)
             if scale != 1.0:
                 sim_out = {k: t * scale for k, t in sim_out.items()}
             match = gradient_distance(sim_out, target, metric="l2", weights=weights)
@@ -241,9 +249,7 @@ class GradInversion(Attack):
             if bn is not None:
                 bn_loss = bn.of_steps(steps, stats_sim.layers) if stats_sim else bn(x)
                 loss = loss + bw * bn_loss
-                last["bn"] = bn_loss.detach()
-                if "bn" not in first:
-                    first["bn"] = last["bn"]
+                last.setdefault("bn_parts", []).append(bn_loss.detach())
             if tv:
                 loss = loss + tv * total_variation(x)
             if l2:
@@ -251,7 +257,10 @@ class GradInversion(Attack):
             if gc and state["it"] >= warm:
                 # steers the images but stays out of the loss value: otherwise the best-iterate
                 # tracking would prefer iterates from before the warm-up, when the term was 0
-                group = gc * _norm(x - x.detach().mean(0, keepdim=True))
+                center = state.get("center")
+                if center is None:
+                    center = x.detach().mean(0, keepdim=True)
+                group = gc * _norm(x - center)
                 loss = loss + (group - group.detach())
             return loss, match / norm2
 
@@ -271,21 +280,32 @@ class GradInversion(Attack):
         start = time.perf_counter()
         x0, y, setup = start_matching(self, inputs)
         gc = self.group_consistency if self.restarts > 1 else 0.0
-        state = {"it": 0}
+        state: dict[str, Any] = {"it": 0}
         # per-iteration terms of the current batch, for the BN-decrease diagnostics in extras
-        first: dict[str, torch.Tensor] = {}
-        last: dict[str, torch.Tensor] = {}
+        first: dict[str, Any] = {}
+        last: dict[str, Any] = {}
         f = self._objective(inputs, setup, y, state, first, last)
         bn_count = int(last.pop("bn_layers"))
         train_forward = bool(last.pop("bn_train_forward"))
 
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
-            return f(v["images"])[0]
+            return f(v["images"], v["labels"])[0]  # labels: this chunk's restarts'
+
+        warm = int(self.group_start * self.iterations)
+
+        def before_step(v: dict[str, torch.Tensor], it: int) -> None:
+            # group consistency's target over ALL restarts, so chunks pull toward the same one
+            state["center"] = v["images"].mean(0, keepdim=True) if gc and it >= warm else None
 
         noise_gen = generator_for(inputs.device, inputs.seed + 1)
+        chunk = restart_chunk(inputs, self.restarts)
 
         def after_step(v: dict[str, torch.Tensor], it: int) -> None:
             state["it"] = it + 1
+            parts = last.pop("bn_parts", None)  # this iteration's BN term, chunk by chunk
+            if parts:
+                last["bn"] = torch.cat(parts)
+                first.setdefault("bn", last["bn"])
             if self.langevin:
                 std = self.langevin * lr_factor(self.schedule, it, self.iterations)
                 x = v["images"]
@@ -295,7 +315,8 @@ class GradInversion(Attack):
             {"images": x0}, objective, inputs, iterations=self.iterations, lr=self.lr,
             signed=self.signed, schedule=self.schedule, project=clamp_images(),
             after_step=after_step, fresh=retry_images(inputs, self.init, self.restarts),
-            who=f"attack {self.name!r}",
+            who=f"attack {self.name!r}", chunk=chunk, constants={"labels": y},
+            before_step=before_step,
         )
         bn_source = "none" if not bn_count else ("train-forward" if train_forward else "eval")
         extras = {
@@ -307,6 +328,8 @@ class GradInversion(Attack):
             "group_consistency": gc,
             "retried": res.retried,
         }
+        if res.chunk:  # restarts per forward, when the memory budget split them
+            extras["restart_chunk"] = res.chunk
         if bn_count and first:
             extras["bn_loss_first"] = first["bn"].tolist()
             extras["bn_loss_last"] = last["bn"].tolist()

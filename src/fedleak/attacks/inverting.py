@@ -430,6 +430,8 @@ class InvertingGradients(Attack):
         )
         extras = {**setup.extras, "restarts": self.restarts, "init": self.init, "tv": self.tv}
         extras["retried"] = res.retried
+        if res.chunk:  # restarts per forward, when the memory budget split them
+            extras["restart_chunk"] = res.chunk
         best = pick_restart(res.best["images"], res.best_loss, self.select)
         return finish(self, inputs, res, y, start, {**extras, "select": self.select}, best)
 

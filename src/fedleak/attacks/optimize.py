@@ -39,6 +39,7 @@ class OptimizationResult:
     iterations: int
     seconds: float
     retried: int = 0  # fresh starts after a non-finite loss or gradient, over all restarts
+    chunk: int | None = None  # restarts per forward/backward when chunked (None: all at once)
 
 
 def lr_factor(schedule: str | None, it: int, total: int, warmup: int = 0) -> float:
@@ -76,6 +77,7 @@ def optimize(
     chunk: int | None = None,
     select_after: float | None = None,
     constants: Variables | None = None,
+    before_step: Callable[[Variables, int], None] | None = None,
 ) -> OptimizationResult:
     """Minimize ``objective`` over ``variables`` with Adam.
 
@@ -92,6 +94,9 @@ def optimize(
 
         chunk: restarts per forward/backward (memory); None: all at once. Only for objectives
             whose restarts are independent (the loss of restart i depends on row i alone).
+        before_step: called with every running restart's variables (and the iteration) before
+            the objective, e.g. to compute a detached consensus over all restarts that each
+            chunk then reads (GradInversion's group consistency).
         constants: per-restart tensors (leading dim R) the objective reads but does not
             optimize (e.g. each restart's labels); sliced with the variables for chunks and
             restart selection, and passed to ``objective`` in the same dict.
@@ -132,6 +137,9 @@ def optimize(
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(schedule, it, iterations, warmup)
         opt.zero_grad(set_to_none=True)
+        if before_step is not None:
+            with torch.no_grad():
+                before_step(leaves, it)
         active = rows.numel()
         if chunk is None or chunk >= active:
             loss = objective({**leaves, **const})  # (R,)
@@ -214,6 +222,7 @@ def optimize(
         iterations=done,
         seconds=time.perf_counter() - start,
         retried=retried,
+        chunk=chunk if chunk is not None and chunk < r else None,
     )
 
 

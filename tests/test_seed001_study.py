@@ -48,3 +48,71 @@ def test_without_target_every_round_runs(tmp_path):
 def test_target_accuracy_out_of_range_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="fl.target_accuracy"):
         load_sweep_config({**TINY, "fl": {**TINY["fl"], "target_accuracy": bad}})
+
+
+# --- the study's statistics, curves and HTML (fedleak.report.study) --------------------------
+
+def _records():
+    """Two methods x 2 seeds, per-batch scores for the none and exact attackers."""
+    out = []
+    for d, acc, mse in (("none", 0.9, 0.01), ("latent-fixed", 0.7, 0.05)):
+        for seed in (0, 1):
+            r = {"id": f"{d}#{seed}", "defense": d, "params": {}, "seed": seed,
+                 "accuracy": acc + 0.01 * seed, "rounds_trained": 2 + seed,
+                 "reached_target": seed == 0, "target_accuracy": 0.85, "knowledge": "none"}
+            for k in ("none", "exact"):
+                base = mse if k == "none" else mse / 2
+                r[f"{k}_mse_batches"] = [base, base + 0.01, base + 0.02]
+                r[f"{k}_psnr_batches"] = [20.0, 21.0, 22.0]
+                r[f"{k}_psnr"] = 21.0
+                r[f"{k}_ssim_batches"] = [0.5, 0.6, 0.7]
+                r[f"{k}_semantic_accuracy_batches"] = [1.0, 0.0, 1.0]
+            out.append(r)
+    return out
+
+
+def test_interval_is_the_t_interval():
+    from fedleak.report.study import interval
+
+    m, half, n = interval([1.0, 2.0, 3.0, float("nan"), None])
+    assert (m, n) == (2.0, 3)
+    assert half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2) x sd / sqrt(n)
+    assert interval([5.0]) == (5.0, None, 1) and interval([]) == (None, None, 0)
+
+
+def test_study_points_pool_seeds_and_batches_per_attacker():
+    from fedleak.report.study import attackers, study_points
+
+    recs = _records()
+    assert attackers(recs) == ["none", "exact"]
+    none = study_points(recs, "none")["none"][0]
+    assert none["n"] == 6 and none["mse"] == pytest.approx(0.02)  # 2 seeds x 3 batches
+    assert none["accuracy"] == pytest.approx(0.905) and none["accuracy_ci"] > 0
+    assert none["rounds"] == pytest.approx(2.5) and none["reached"] == pytest.approx(0.5)
+    assert study_points(recs, "exact")["none"][0]["mse"] == pytest.approx(0.015)
+
+
+def test_plot_study_and_the_html_report_carry_the_curves(tmp_path):
+    import json
+
+    from fedleak.errors import DataError
+    from fedleak.report import write_report
+    from fedleak.report.study import plot_study, study_points
+
+    pts = study_points(_records(), "none")
+    png = plot_study(pts, tmp_path / "s.png", key="semantic_accuracy", knowledge="none")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError):
+        plot_study(pts, tmp_path / "s.png", key="f1")
+    with pytest.raises(DataError):
+        plot_study({"none": [{"accuracy": None, "mse": None}]}, tmp_path / "e.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    page = write_report(run).read_text()
+    assert "Study per attacker" in page and "Attacker: exact" in page
+    assert "0.0200 ± " in page  # the undefended MSE of the none attacker, with its interval
+    for know in ("none", "exact"):  # one embedded curve per measure and attacker
+        for key in ("mse", "semantic_accuracy"):
+            cap = f"<figcaption>{key} vs client accuracy, attacker {know}</figcaption>"
+            assert page.count(cap) == 1

@@ -116,3 +116,15 @@ def test_plot_study_and_the_html_report_carry_the_curves(tmp_path):
         for key in ("mse", "semantic_accuracy"):
             cap = f"<figcaption>{key} vs client accuracy, attacker {know}</figcaption>"
             assert page.count(cap) == 1
+
+
+def test_stop_rule_leaves_the_global_model_trainable_for_dp_sgd(tmp_path):
+    # the accuracy check puts the model in eval mode; Opacus refuses to train an eval model,
+    # so before the fix every DP-SGD cell with a target failed in its second round
+    cfg = {**TINY, "fl": {**TINY["fl"], "target_accuracy": 1.0},
+           "defenses": [{"name": "dp-sgd", "grid": {"noise_multiplier": [0.001]},
+                         "train": {"optimizer": "sgd", "lr": 0.05}}]}
+    summary = run_sweep(cfg, tmp_path, workers=1, log=lambda _m: None)
+    assert summary["failed"] == []
+    r = read_jsonl(tmp_path / "sweep.jsonl")[0]
+    assert r["rounds_trained"] == 3 and len(r["accuracy_curve"]) == 3

@@ -196,8 +196,11 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
     ):
         rounds_trained = res.round
         if fl.target_accuracy is not None:
-            curve.append(_metrics(test_ds.labels, _predict(defense.client_model(model, "0"),
-                                                           test_ds.images))[0])
+            view = defense.client_model(model, "0")
+            modes = (model.training, view.training)
+            curve.append(_metrics(test_ds.labels, _predict(view, test_ds.images))[0])
+            model.train(modes[0])  # _predict switched to eval: trainers such as Opacus
+            view.train(modes[1])  # refuse a model left in eval mode
             if curve[-1] >= fl.target_accuracy:
                 break  # the stop rule: the probe below attacks this trained model
         if res.round + 1 == atk.round:

@@ -160,57 +160,12 @@ def print_matched(cv: dict[str, list[dict[str, Any]]]) -> None:
 
 # --- issue 12: matched utility, intervals, attacker knowledge --------------------------------
 
-KNOWLEDGE_LABEL = {
-    "none": "none (the paper's attacker: no client noise)",
-    "distribution": "distribution (knows mu, sigma; samples)",
-    "exact": "exact (the client's noise mean)",
-    "adaptive": "adaptive (optimizes a latent shift)",
-}
-
-
-def interval(values: list[Any]) -> tuple[float | None, float | None, int]:
-    """Mean and the half-width of a 95 % t-interval (None for fewer than two values)."""
-    vals = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    if not vals:
-        return None, None, 0
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, None, 1
-    from scipy import stats
-
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-    return m, float(stats.t.ppf(0.975, len(vals) - 1)) * sd / math.sqrt(len(vals)), len(vals)
-
-
-def _samples(r: dict[str, Any], know: str, key: str) -> list[Any]:
-    """A record's per-batch values of ``key`` for attacker ``know`` (one value if unbatched)."""
-    batches = r.get(f"{know}_{key}_batches")
-    if batches is not None:
-        return list(batches)
-    v = r.get(f"{know}_{key}", r.get(key) if know == r.get("knowledge") else None)
-    return [v]
-
-
-def study_points(records: list[dict[str, Any]], know: str) -> dict[str, list[dict[str, Any]]]:
-    """Per defense: one point per params, with mean and 95 % interval over seeds x batches."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        groups[(r["defense"], repr(sorted(r["params"].items())))].append(r)
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for (defense, _), rs in groups.items():
-        pt: dict[str, Any] = {"params": rs[0]["params"], "seeds": len(rs)}
-        pt["accuracy"], pt["accuracy_ci"], _ = interval([r.get("accuracy") for r in rs])
-        for key in MEASURES:
-            vals = [v for r in rs for v in _samples(r, know, key)]
-            pt[key], pt[f"{key}_ci"], pt["n"] = interval(vals)
-        pt["flat_psnr"] = _mean([r.get("flat_psnr") for r in rs])
-        pt["epsilon"] = _mean([r.get("probe_epsilon") for r in rs])
-        for key in ("noise_latent_ratio", "noise_latent_ratio_plain"):
-            pt[key] = _mean([r.get(key) for r in rs])
-        out[defense].append(pt)
-    for pts in out.values():
-        pts.sort(key=lambda p: p["accuracy"])
-    return dict(out)
+from fedleak.report.study import (  # noqa: E402  (the study's statistics live in the library)
+    KNOWLEDGE_LABEL,
+    attackers,
+    plot_study,
+    study_points,
+)
 
 
 def _pm(v: float | None, ci: float | None, spec: str) -> str:
@@ -221,9 +176,21 @@ def _pm(v: float | None, ci: float | None, spec: str) -> str:
 
 def print_study(records: list[dict[str, Any]], out: Path, chance: float) -> None:
     """The issue-12 study: per attacker, every setting with intervals, matched comparison, plots."""
-    knowledge = [k for k in KNOWLEDGE_LABEL if any(f"{k}_psnr" in r for r in records)]
+    knowledge = attackers(records)
     if not knowledge:
         return
+    targets = sorted({r["target_accuracy"] for r in records if r.get("target_accuracy")})
+    if targets:
+        best: dict[str, float] = {}
+        for r in records:
+            best[r["defense"]] = max(best.get(r["defense"], 0.0), r.get("accuracy") or 0.0)
+        missed = sorted({f"{r['defense']}#{r['seed']} ({r.get('accuracy', 0):.3f} after "
+                         f"{r.get('rounds_trained')} rounds)"
+                         for r in records if r.get("reached_target") is False})
+        print(f"\nstop rule: train until client accuracy >= {targets} (cap: the config's "
+              f"fl.rounds); cells that missed it: {', '.join(missed) or 'none'}; the highest "
+              f"accuracy every method reaches (min over methods of its best cell): "
+              f"{min(best.values()):.3f}")
     seeds = sorted({r["seed"] for r in records})
     print(f"\n== Study: seeds {seeds}, batches per cell "
           f"{max(r.get('batches', 1) for r in records)}; mean ± 95 % interval ==")
@@ -245,13 +212,15 @@ def print_study(records: list[dict[str, Any]], out: Path, chance: float) -> None
     for know in knowledge:
         pts = study_points(records, know)
         print(f"\n-- attacker: {KNOWLEDGE_LABEL[know]} --")
-        print(f"{'defense':<18} {'params':<30} {'acc':>11} {'MSE':>15} {'PSNR':>12} "
-              f"{'SSIM':>11} {'attacker acc':>12} {'eps':>8}")
+        print(f"{'defense':<18} {'params':<30} {'acc':>11} {'rnds':>4} {'reach':>5} "
+              f"{'MSE':>15} {'PSNR':>12} {'SSIM':>11} {'attacker acc':>12} {'eps':>8}")
         for d in sorted(pts, key=lambda s: (s != "none", s)):
             for p in pts[d]:
                 params = ",".join(f"{k}={v}" for k, v in p["params"].items()) or "-"
                 acc = _pm(p["accuracy"], p["accuracy_ci"], ".3f")
-                print(f"{d:<18} {params[:30]:<30} {acc:>11} "
+                reach = "-" if p["reached"] is None else f"{p['reached']:.2f}"
+                print(f"{d:<18} {params[:30]:<30} {acc:>11} {_fmt(p['rounds'], '.1f'):>4} "
+                      f"{reach:>5} "
                       f"{_pm(p['mse'], p['mse_ci'], '.4f'):>15} "
                       f"{_pm(p['psnr'], p['psnr_ci'], '.2f'):>12} "
                       f"{_pm(p['ssim'], p['ssim_ci'], '.3f'):>11} "
@@ -271,29 +240,8 @@ def print_study(records: list[dict[str, Any]], out: Path, chance: float) -> None
 
 def _plot_study(pts: dict[str, list[dict[str, Any]]], out: Path, know: str) -> None:
     """MSE and attacker accuracy against client accuracy, one curve per method (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for key, label in (("mse", "reconstruction MSE"), ("semantic_accuracy", "attacker accuracy")):
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        for d, ps in sorted(pts.items()):
-            ps = [p for p in ps if p.get(key) is not None]
-            if not ps:
-                continue
-            ax.errorbar([p["accuracy"] for p in ps], [p[key] for p in ps],
-                        xerr=[p["accuracy_ci"] or 0 for p in ps],
-                        yerr=[p[f"{key}_ci"] or 0 for p in ps],
-                        marker="*" if d == "none" else "o", capsize=3, label=d)
-        ax.set_xlabel("client accuracy")
-        ax.set_ylabel(label)
-        ax.set_title(f"attacker: {know}", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"study_{key}_{know}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+    for key in ("mse", "semantic_accuracy"):
+        path = plot_study(pts, out / f"study_{key}_{know}.png", key=key, knowledge=know)
         print(f"plot: {path}")
 
 

@@ -442,7 +442,27 @@ def _sweep_section(sweep: list[dict[str, Any]], plot: _Plotter) -> str:
         if _distinct(sweep, leak):
             parts.append(plot(plot_privacy_utility, sweep, f"{leak} vs {utility} per defense",
                               leakage=leak, utility=utility))
-    parts.append("</div></section>")
+    parts.append("</div>")
+    parts.append(_study_part(sweep, plot))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _study_part(sweep: list[dict[str, Any]], plot: _Plotter) -> str:
+    """Seed 001's study (issue 12): per attacker, intervals and leakage vs client accuracy."""
+    from fedleak.report.study import attackers, plot_study, study_points, study_table_html
+
+    knows = attackers(sweep)
+    if not knows:
+        return ""
+    parts = ['<h3 id="study">Study per attacker (mean ± 95 % interval over seeds x batches)</h3>',
+             study_table_html(sweep), '<div class="plots">']
+    for know in knows:
+        pts = study_points(sweep, know)
+        for key in ("mse", "semantic_accuracy"):
+            parts.append(plot(plot_study, pts, f"{key} vs client accuracy, attacker {know}",
+                              key=key, knowledge=know))
+    parts.append("</div>")
     return "\n".join(parts)
 
 

@@ -177,9 +177,10 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
     probe: dict[str, Any] = {}
     probes: list[dict[str, Any]] = []
 
-    def take_probe(global_model: nn.Module) -> None:
+    def take_probe(global_model: nn.Module, at: int | None = None) -> None:
         probes[:] = [
-            _victim_update(cfg, c, defense, filt, global_model, clients, train, batch=b)
+            _victim_update(cfg, c, defense, filt, global_model, clients, train, batch=b,
+                           round=at)
             for b in range(atk.batches)
         ]
         probe.update(probes[0])
@@ -187,14 +188,25 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
     t0 = time.perf_counter()
     if atk.round == 1:
         take_probe(model)
-    round_acc = []
+    curve: list[float] = []  # client 0's test accuracy per round (with a target only)
+    rounds_trained = 0
     for res in federate(
         model, clients, rounds=fl.rounds, clients_per_round=fl.clients_per_round, train=train,
         seed=seed, filters=filters, trainer=defense,
     ):
+        rounds_trained = res.round
+        if fl.target_accuracy is not None:
+            view = defense.client_model(model, "0")
+            modes = (model.training, view.training)
+            curve.append(_metrics(test_ds.labels, _predict(view, test_ds.images))[0])
+            model.train(modes[0])  # _predict switched to eval: trainers such as Opacus
+            view.train(modes[1])  # refuse a model left in eval mode
+            if curve[-1] >= fl.target_accuracy:
+                break  # the stop rule: the probe below attacks this trained model
         if res.round + 1 == atk.round:
             take_probe(model)
-        round_acc.append(res.round)
+    if not probes:  # attack.round = fl.rounds + 1 after an early stop: the trained model
+        take_probe(model, at=rounds_trained + 1)
     train_seconds = time.perf_counter() - t0
 
     # utility: client 0's model (its private view of the global model) on the test set
@@ -215,8 +227,14 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
         "seed": seed,
         "accuracy": accuracy,
         "f1": f1,
+        "rounds_trained": rounds_trained,
+        "probe_round": min(atk.round, rounds_trained + 1),  # the victim's round
         **leak,
     }
+    if fl.target_accuracy is not None:
+        record.update({"target_accuracy": fl.target_accuracy,
+                       "reached_target": bool(curve and curve[-1] >= fl.target_accuracy),
+                       "accuracy_curve": curve})
     if isinstance(defense, DPSGD):
         acct = defense.accounting("0")
         record.update({
@@ -247,12 +265,16 @@ def _victim_update(
     clients: list[ClientData],
     train: dict[str, Any],
     batch: int = 0,
+    round: int | None = None,
 ) -> dict[str, Any]:
     """The update(s) the attacker gets, from a copy of the defense (the FL run is untouched).
 
     ``batch`` b probes client 0's images b k .. (b + 1) k (k = ``attack.num_images``).
+    ``round``: the round the victim trains in (default ``attack.round``; earlier after a stop
+    rule ended the federation).
     """
     atk = cfg.attack
+    at = atk.round if round is None else round
     k = atk.num_images
     if batch:
         clients = [ClientData(clients[0].images[batch * k:], clients[0].labels[batch * k:]),
@@ -272,10 +294,10 @@ def _victim_update(
         cohort = list(range(min(victim.cohort, len(clients))))
         updates = {
             i: victim(snapshot, clients[i].images[:k], clients[i].labels[:k], seed=seed + i,
-                      client_id=str(i), round=atk.round, **opts)
+                      client_id=str(i), round=at, **opts)
             for i in cohort
         }
-        masked = victim.mask(updates, round=atk.round)
+        masked = victim.mask(updates, round=at)
         images = torch.cat([clients[i].images[:k] for i in cohort])
         labels = torch.cat([clients[i].labels[:k] for i in cohort])
         agg = victim.unmask(masked, num_samples=len(labels))
@@ -290,7 +312,7 @@ def _victim_update(
         return {"update": agg, "images": images, "labels": labels, "model": snapshot,
                 "extra": {"cohort": len(cohort), "masked_correlation": masked_corr}}
     images, labels = clients[0].images[:k], clients[0].labels[:k]
-    update = victim(snapshot, images, labels, seed=seed, client_id="0", round=atk.round, **opts)
+    update = victim(snapshot, images, labels, seed=seed, client_id="0", round=at, **opts)
     if filt is not None:
         gen = torch.Generator().manual_seed(seed)
         update = with_reference(filt, snapshot)(update, generator=gen)

@@ -73,6 +73,9 @@ class SweepFLConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     momentum: float = 0.0
+    # stop rule for comparisons at matched utility: stop after the first round at which client
+    # 0's test accuracy reaches this (``rounds`` is then the cap); None: train ``rounds`` rounds
+    target_accuracy: float | None = None
 
 
 @dataclass
@@ -200,6 +203,13 @@ class SweepConfig:
             )
         if not (fl.lr > 0):
             raise ConfigError(f"`fl.lr` must be > 0; got {fl.lr}.")
+        if fl.target_accuracy is not None and not (
+            isinstance(fl.target_accuracy, int | float) and 0 < fl.target_accuracy <= 1
+        ):
+            raise ConfigError(
+                "`fl.target_accuracy` must be a number in (0, 1] or null; "
+                f"got {fl.target_accuracy!r}."
+            )
         if fl.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"`fl.optimizer` must be 'sgd' or 'adam'; got {fl.optimizer!r}.")
         if atk.batches < 1:

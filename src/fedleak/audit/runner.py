@@ -218,7 +218,9 @@ def check_resume(out: Path, cfg: AuditConfig, resume: bool) -> None:
         old = json.loads(cfg_path.read_text()).get("audit_config") or {}
         new = json.loads(json.dumps(cfg.to_dict()))
         # a run saved by an older fedleak lacks the keys added since: they held their defaults
-        old = _with_defaults(old, json.loads(json.dumps(AuditConfig().to_dict())))
+        # (filled on both sides: free-form sections such as federation.train omit defaults)
+        default = json.loads(json.dumps(AuditConfig().to_dict()))
+        old, new = _with_defaults(old, default), _with_defaults(new, default)
         old.pop(ENGINE_KEY, None), new.pop(ENGINE_KEY, None)  # any engine may resume an audit
         if old != new:
             keys = sorted(_differences(old, new))

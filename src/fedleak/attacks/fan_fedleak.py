@@ -73,7 +73,16 @@ class PartialMatch:
         self.weights = {k: float(weights[k]) for k in self.keys}
         self.total_weight = sum(self.weights.values()) or 1.0
         self.keep, self.source, self.l1, self.reduce = keep, source, l1, reduce
-        self.fixed = {k: self._mask(t.abs().unsqueeze(0))[0] for k, t in self.target.items()}
+        # the observed mask and the masked (weighted) target never change: built once here,
+        # not in every attack iteration
+        self.fixed = {k: self._mask(t.abs().unsqueeze(0)).to(t.dtype)
+                      for k, t in self.target.items()}  # (1, P) each
+        self.scale = {k: (self.weights[k] ** 0.5 if reduce == "global" else 1.0)
+                      for k in self.keys}
+        self.fixed_target = {k: self.target[k] * self.fixed[k] * self.scale[k]
+                             for k in self.keys}
+        self.fixed_global = (torch.cat([self.fixed_target[k] for k in self.keys], 1)
+                             if self.keys else None)
 
     def _mask(self, ref: torch.Tensor) -> torch.Tensor:
         """(R, P) boolean: the ``keep`` share of entries of largest ``ref`` in each row."""
@@ -84,39 +93,34 @@ class PartialMatch:
         threshold = ref.kthvalue(min(drop, p), dim=1, keepdim=True).values
         return ref > threshold
 
+    def _masked(self, k: str, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(candidate, target) of tensor ``k`` on the kept entries, scaled: (R, P), (R|1, P)."""
+        if self.source == "observed":
+            return c * self.fixed[k] * self.scale[k], self.fixed_target[k]
+        m = self._mask(c.detach().abs()).to(c.dtype) * self.scale[k]
+        return c * m, self.target[k] * m
+
+    @staticmethod
+    def _distance(c: torch.Tensor, t: torch.Tensor, l1: float) -> torch.Tensor:
+        cos = 1 - (c * t).sum(1) / (c.norm(dim=1) * t.norm(dim=1) + 1e-12)
+        return cos + l1 * (c - t).abs().mean(1) if l1 else cos
+
     def __call__(self, candidate: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.reduce == "global":
             return self._global(candidate)
         total = 0.0
         for k in self.keys:
-            c = candidate[k].flatten(1)  # (R, P)
-            t = self.target[k].to(c.dtype)
-            if self.source == "candidate":
-                m = self._mask(c.detach().abs()).to(c.dtype)
-            else:
-                m = self.fixed[k].to(c.dtype).unsqueeze(0)
-            cm, tm = c * m, t * m
-            cos = 1 - (cm * tm).sum(1) / (cm.norm(dim=1) * tm.norm(dim=1) + 1e-12)
-            term = cos + self.l1 * (cm - tm).abs().mean(1) if self.l1 else cos
-            total = total + self.weights[k] * term
+            cm, tm = self._masked(k, candidate[k].flatten(1))
+            total = total + self.weights[k] * self._distance(cm, tm, self.l1)
         return total / self.total_weight  # type: ignore[return-value]
 
     def _global(self, candidate: dict[str, torch.Tensor]) -> torch.Tensor:
         """One cosine over the kept entries of all tensors (weighted), plus l1 x mean |diff|."""
-        cs, ts = [], []
-        for k in self.keys:
-            c = candidate[k].flatten(1)
-            t = self.target[k].to(c.dtype)
-            if self.source == "candidate":
-                m = self._mask(c.detach().abs()).to(c.dtype)
-            else:
-                m = self.fixed[k].to(c.dtype).unsqueeze(0)
-            w = self.weights[k] ** 0.5
-            cs.append(c * m * w)
-            ts.append(t * m * w)
-        c, t = torch.cat(cs, 1), torch.cat(ts, 1)
-        cos = 1 - (c * t).sum(1) / (c.norm(dim=1) * t.norm(dim=1) + 1e-12)
-        return cos + self.l1 * (c - t).abs().mean(1) if self.l1 else cos
+        pairs = [self._masked(k, candidate[k].flatten(1)) for k in self.keys]
+        c = torch.cat([cm for cm, _ in pairs], 1)
+        t = (self.fixed_global if self.source == "observed"
+             else torch.cat([tm for _, tm in pairs], 1))
+        return self._distance(c, t, self.l1)
 
 
 def median_filter(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -58,12 +58,19 @@ def classifier_path(out: Path, cfg: SweepConfig, seed: int) -> Path:
 
 
 def _predict(model: nn.Module, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Class predictions in eval mode; every module's mode is restored after (a model it
+    shares modules with may still train: Opacus refuses one left in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    with torch.no_grad():
-        dev = device_of(model)
-        parts = [model(images[s : s + batch].to(dev)).argmax(1).cpu()
-                 for s in range(0, len(images), batch)]
-        return torch.cat(parts)
+    try:
+        with torch.no_grad():
+            dev = device_of(model)
+            parts = [model(images[s : s + batch].to(dev)).argmax(1).cpu()
+                     for s in range(0, len(images), batch)]
+            return torch.cat(parts)
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def train_classifier(cfg: SweepConfig, seed: int, out: Path) -> dict[str, Any]:
@@ -197,10 +204,7 @@ def run_cell(config: dict[str, Any], cell: dict[str, Any], out: str) -> dict[str
         rounds_trained = res.round
         if fl.target_accuracy is not None:
             view = defense.client_model(model, "0")
-            modes = (model.training, view.training)
             curve.append(_metrics(test_ds.labels, _predict(view, test_ds.images))[0])
-            model.train(modes[0])  # _predict switched to eval: trainers such as Opacus
-            view.train(modes[1])  # refuse a model left in eval mode
             if curve[-1] >= fl.target_accuracy:
                 break  # the stop rule: the probe below attacks this trained model
         if res.round + 1 == atk.round:

@@ -88,11 +88,27 @@ def test_adaptive_attacker_learns_the_unknown_shift():
     # the shift moves towards the client's mean and explains the update much better
     assert adaptive.extras["latent_shift_mean"] > 0.1
     assert adaptive.restart_losses[0] < 0.5 * none.restart_losses[0]
+    assert adaptive.extras["latent_pick"] == "shift"
     with pytest.raises(ConfigError, match="restarts"):
         fedleak.attack("inverting-gradients-latent", model, u, num_images=4, restarts=2,
                        threat=ThreatModel("C", labels=y))
     with pytest.raises(ConfigError, match="Inverting Gradients"):
         attack_for("adaptive", "dlg", {})
+
+
+def test_adaptive_attacker_falls_back_to_no_shift_on_a_noise_free_client():
+    defense, model, x, y, u = _setup(mean=0.0, std=0.0)  # the client adds no noise
+    none = _attack("none", defense, model, u, y)
+    adaptive = _attack("adaptive", defense, model, u, y)
+    shift_only = _attack("adaptive", defense, model, u, y, fallback=False)
+    # chasing a shift that is not there ends above plain IG; the fallback keeps plain IG's run
+    assert shift_only.restart_losses[0] > none.restart_losses[0]
+    assert adaptive.extras["latent_pick"] == "plain"
+    assert adaptive.restart_losses == none.restart_losses
+    assert torch.equal(adaptive.images, none.images)
+    assert adaptive.extras["latent_shift_loss"] == shift_only.restart_losses[0]
+    with pytest.raises(ConfigError, match="fallback"):
+        _attack("adaptive", defense, model, u, y, fallback="yes")
 
 
 def test_sweep_config_knowledge_key_is_checked():

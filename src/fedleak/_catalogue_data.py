@@ -861,6 +861,18 @@ ATTACKS: Any = [
                 '1.0',
                 "the shift's Adam lr relative to the images' (signed steps, same schedule).",
             ],
+            [
+                'fallback',
+                'True',
+                (
+                    'with ``shift``, also run plain Inverting Gradients (shift held at 0) from '
+                    'the same start and keep the run with the lower final attack loss. Shift 0 '
+                    "is inside the adaptive attacker's search space, but signed steps never "
+                    'let the shift settle at 0, so without this the adaptive attacker scores '
+                    'below ``none`` on clients that add no noise. Costs a second run; '
+                    '``extras["latent_pick"]`` says which won.'
+                ),
+            ],
         ],
     },
     {

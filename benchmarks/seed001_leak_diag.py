@@ -40,7 +40,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--tv", type=float, default=0.01)
-    ap.add_argument("--init", default="random")
+    ap.add_argument("--init", default="random", help="the attack's starting images")
+    ap.add_argument("--model-init", default="he", choices=["he", "default"],
+                    help="latent-net's weight init (default: PyTorch's, a plain implementation)")
     ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--fedsgd", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -53,7 +55,7 @@ def main() -> None:
     clients = [ClientData(train.images[i], train.labels[i]) for i in parts]
     torch.manual_seed(a.seed)
     model = build_model("latent-net", input_shape=train.image_shape, num_classes=10,
-                        width=a.width, pool=a.pool, init="he")
+                        width=a.width, pool=a.pool, init=a.model_init)
     t0 = time.perf_counter()
     if a.rounds:
         fl = {"protocol": "fedavg", "local_epochs": 2, "batch_size": 32, "lr": 1e-3,

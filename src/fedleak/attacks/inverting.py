@@ -28,6 +28,7 @@ import torch
 from fedleak.attacks import autotune
 from fedleak.attacks.arrangements import restart_labels
 from fedleak.attacks.base import Attack, AttackInputs, Reconstruction, register_attack
+from fedleak.attacks.features import FeatureDistance, final_linear
 from fedleak.attacks.fit import FitTerms
 from fedleak.attacks.optimize import (
     OptimizationResult,
@@ -50,6 +51,8 @@ from fedleak.errors import ConfigError
 INITS = ("random", "randn", "constant", "prior")
 FEDAVG_MODES = ("replay", "pseudo-gradient")
 SCHEDULES = ("step", "cosine", "constant")
+#: "norm": every matched tensor scaled to unit norm on the update's side (:func:`norm_weights`)
+LAYER_SCHEMES = ("equal", "linear", "norm")
 
 LayerSpec = Sequence[str | int] | None
 
@@ -79,9 +82,9 @@ def check_common(name: str, **values: Any) -> None:
                 f"`{key}` of {caller} must be one of {', '.join(map(repr, allowed))}; "
                 f"got {values[key]!r}."
             )
-    if values.get("layer_weights") not in (None, "equal", "linear"):
+    if values.get("layer_weights") not in (None, *LAYER_SCHEMES):
         raise ConfigError(
-            f"`layer_weights` of {caller} must be 'equal' or 'linear'; "
+            f"`layer_weights` of {caller} must be one of {', '.join(map(repr, LAYER_SCHEMES))}; "
             f"got {values['layer_weights']!r}."
         )
 
@@ -182,7 +185,7 @@ def matching_setup(
     return MatchingSetup(
         simulator=sim,
         target=target,
-        weights=layer_weights(names, scheme),
+        weights=norm_weights(target) if scheme == "norm" else layer_weights(names, scheme),
         fedavg_mode=mode,
         bn_mode=bn_mode,
         extras={
@@ -190,6 +193,20 @@ def matching_setup(
             "stochastic_layers": sim.stochastic,
         },
     )
+
+
+def norm_weights(target: Tensors) -> dict[str, float]:
+    """Weights 1 / ||target_k||^2: every tensor counts alike in the cosine (``"norm"``).
+
+    Why: in the plain concatenation the largest tensors dominate (on a global-average-pool
+    head the last bias alone is ~70 % of the update's squared norm, the first convolution
+    ~0.01 %), and the first layers carry the spatial detail. A zero tensor keeps weight 1.
+    """
+    out = {}
+    for k, t in target.items():
+        sq = float(t.detach().double().pow(2).sum())
+        out[k] = 1.0 / sq if sq > 0 else 1.0
+    return out
 
 
 def initial_images(inputs: AttackInputs, init: str, restarts: int, who: str) -> torch.Tensor:
@@ -308,6 +325,24 @@ def finish(
     )
 
 
+def check_feature_options(attack: Any, who: str) -> None:
+    """ConfigErrors for ``feature_match``, ``feature_metric`` and ``warmup``."""
+    fm = attack.feature_match
+    if isinstance(fm, bool) or not isinstance(fm, int | float) or not fm >= 0:
+        raise ConfigError(f"`feature_match` of {who} must be a number >= 0; got {fm!r}.")
+    if attack.feature_metric not in ("l2", "cosine"):
+        raise ConfigError(
+            f"`feature_metric` of {who} must be 'l2' or 'cosine'; got {attack.feature_metric!r}."
+        )
+    if fm and attack.tv == "auto":
+        raise ConfigError(f"`feature_match` of {who} does not combine with tv='auto' (yet).")
+    wu = attack.warmup
+    if isinstance(wu, bool) or not isinstance(wu, int) or not 0 <= wu < attack.iterations:
+        raise ConfigError(
+            f"`warmup` of {who} must be an int in [0, iterations); got {wu!r}."
+        )
+
+
 # ---------------------------------------------------------------------------------- attack
 
 
@@ -368,6 +403,10 @@ class InvertingGradients(Attack):
     select_after: float | None = None
     tv_grid: tuple[float, ...] = autotune.TV_GRID
     search_fraction: float = autotune.FRACTION
+    feature_match: float = 0.0
+    feature_metric: str = "l2"
+    warmup: int = 0
+    tv_decay: float = 1.0
 
     requires = frozenset({"architecture", "training_details"})
 
@@ -381,6 +420,8 @@ class InvertingGradients(Attack):
                 f"`search_fraction` of {who} must be a fraction in (0, 1]; got {sf!r}."
             )
         check_select(self.select, f"attack {self.name!r}")
+        check_feature_options(self, who)
+        object.__setattr__(self, "_tv_factor", [1.0])  # TV multiplier during a run (tv_decay)
         sa = self.select_after
         if sa is not None and (isinstance(sa, bool) or not isinstance(sa, int | float)
                                or not 0 < sa < 1):
@@ -398,14 +439,23 @@ class InvertingGradients(Attack):
         if tv == "auto":  # the weight the run chose (the grid's first before any run)
             tv = getattr(self, "_chosen_tv", self.tv_grid[0])
         distance = CosineDistance(setup.target, setup.weights)  # target side computed once
+        fm, features = self.feature_match, None
+        if fm:
+            w, b = final_linear(sim.net, list(setup.target), f"attack {self.name!r}")
+            features = (w, b, FeatureDistance(setup.target[w], setup.target[b],
+                                              self.feature_metric))
 
         def objective(
             x: torch.Tensor, labels: torch.Tensor | None = None
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            match = distance(sim(x, y if labels is None else labels))
+            update = sim(x, y if labels is None else labels)
+            match = distance(update)
             loss = match
             if tv:
-                loss = loss + tv * total_variation(x)
+                loss = loss + tv * self._tv_factor[0] * total_variation(x)
+            if features is not None:
+                w, b, feat = features
+                loss = loss + fm * feat(update[w], update[b])
             return loss, match
 
         return objective
@@ -421,14 +471,22 @@ class InvertingGradients(Attack):
         def objective(v: dict[str, torch.Tensor]) -> torch.Tensor:
             return f(v["images"], v["labels"])[0]  # labels: this chunk's restarts' spreads
 
+        def tv_step(_v: dict[str, torch.Tensor], it: int) -> None:
+            # the TV weight follows the step schedule's decays, each times ``tv_decay``
+            n = self.iterations
+            self._tv_factor[0] = self.tv_decay ** sum(it >= m * n / 8 for m in (3, 5, 7))
+
         res = optimize(
             {"images": x0}, objective, inputs, iterations=self.iterations, lr=self.lr,
             signed=self.signed, schedule=self.schedule, project=clamp_images(),
             fresh=retry_images(inputs, self.init, self.restarts), who=f"attack {self.name!r}",
             chunk=restart_chunk(inputs, self.restarts), select_after=self.select_after,
-            constants={"labels": y},
+            constants={"labels": y}, warmup=self.warmup,
+            before_step=tv_step if self.tv_decay != 1.0 else None,
         )
-        extras = {**setup.extras, "restarts": self.restarts, "init": self.init, "tv": self.tv}
+        self._tv_factor[0] = 1.0
+        extras = {**setup.extras, "restarts": self.restarts, "init": self.init, "tv": self.tv,
+                  "feature_match": self.feature_match}
         extras["retried"] = res.retried
         if res.chunk:  # restarts per forward, when the memory budget split them
             extras["restart_chunk"] = res.chunk

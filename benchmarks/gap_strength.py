@@ -17,11 +17,11 @@ import argparse
 import statistics
 
 import torch
-
 from attack_quality import SIZE, victim
-from fedleak.data import load_dataset
-import fedleak
 from strength_rows import fedleak_run, parse_variant
+
+import fedleak
+from fedleak.data import load_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,29 +62,6 @@ def final_linear(model: nn.Module, names: list[str], who: str) -> tuple[str, str
     return w, b
 
 
-def ends_with_pooling(model: nn.Module) -> bool:
-    """Whether the last Linear follows a global average pool (Flatten/Dropout in between ok).
-
-    Only for ``nn.Sequential``-like models whose children run in registration order.
-    """
-    children = [m for m in model.modules() if not list(m.children())]
-    skip = (nn.Flatten, nn.Dropout, nn.Identity)
-    for i in range(len(children) - 1, -1, -1):
-        if isinstance(children[i], nn.Linear):
-            j = i - 1
-            while j >= 0 and isinstance(children[j], skip):
-                j -= 1
-            if j < 0:
-                return False
-            pool = children[j]
-            if isinstance(pool, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool1d):
-                size = pool.output_size
-                sizes = size if isinstance(size, tuple) else (size,)
-                return all(s == 1 for s in sizes)
-            return False
-    return False
-
-
 class FeatureDistance:
     """Distance between the candidate's and the update's ``dW[c] / db[c]`` rows, (R,)."""
 

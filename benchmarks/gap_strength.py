@@ -41,10 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     truth, labels = faces[:n].clone(), torch.zeros(n, dtype=torch.long)
     update = fedleak.observe(model, truth, labels, bn_mode="eval")
     for variant in args.variants:
+        opts = {k: {"True": True, "False": False}.get(v, v) if isinstance(v, str) else v
+                for k, v in parse_variant(variant).items()}  # "signed=False" is a bool
         psnrs = []
         for seed in args.seeds:
             r = fedleak_run(model, update, truth, labels, args.iterations, every=100,
-                            seed=seed, **parse_variant(variant))
+                            seed=seed, **opts)
             psnrs.append(r["psnr"])
             print(f"  {args.head}-b{n} [{variant or 'default'}] seed {seed}: {r['psnr']:.2f} dB "
                   f"(flat {r['flat']:.2f}) {r['seconds']:.0f} s", flush=True)

@@ -97,3 +97,11 @@ def test_tv_decay_and_warmup_change_the_run() -> None:
     base = _psnr(model, x, y)
     assert _psnr(model, x, y, tv_decay=0.0) != base
     assert _psnr(model, x, y, warmup=20) != base
+
+
+def test_latent_variant_refuses_the_new_options_it_does_not_run() -> None:
+    from fedleak.attacks.latent_noise import LatentInvertingGradients as cls
+
+    with pytest.raises(ConfigError, match="need latent='mean'"):
+        cls(latent="sample", feature_match=1.0)
+    cls(latent="mean", feature_match=1.0)  # runs InvertingGradients' loop: accepted

@@ -89,6 +89,11 @@ class LatentInvertingGradients(InvertingGradients):
             raise ConfigError(
                 f"`fallback` of attack {self.name!r} must be true or false; got {self.fallback!r}."
             )
+        if self.latent != "mean" and (self.feature_match or self.tv_decay != 1 or self.warmup):
+            raise ConfigError(
+                f"`feature_match`, `tv_decay` and `warmup` of attack {self.name!r} need "
+                f"latent='mean'; got latent={self.latent!r}."
+            )
         if self.latent == "shift" and self.restarts != 1:
             raise ConfigError(
                 f"`restarts` of attack {self.name!r} must be 1 with latent='shift'; "

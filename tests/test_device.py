@@ -37,12 +37,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fedleak"
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _convnet() -> torch.nn.Module:

@@ -28,12 +28,7 @@ from fedleak.metrics import flat_psnr, psnr
 TINY = UNetConfig(image_size=8, channels=8, groups=4, num_timesteps=16)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet(seed: int = 0) -> UNet:

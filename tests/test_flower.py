@@ -97,16 +97,6 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-@pytest.fixture
-def one_thread():
-    """Attacks in the main thread run single-threaded here: on a loaded 2-core machine torch's
-    2-thread pool spins and makes them 10-30x slower (Flower's ServerApp thread is unaffected)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model():
     torch.manual_seed(0)
     return build_model(

@@ -21,12 +21,7 @@ from fedleak.models import build_model
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, seed: int = 1) -> torch.Tensor:

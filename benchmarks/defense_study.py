@@ -127,22 +127,17 @@ def print_matched(cv: dict[str, list[dict[str, Any]]]) -> None:
             a_pts, b_pts = cv[ld], cv[bd]
             lo = max(a_pts[0]["accuracy"], b_pts[0]["accuracy"])
             hi = min(a_pts[-1]["accuracy"], b_pts[-1]["accuracy"])
-            if lo > hi:  # no common accuracy: say who dominates
+            if lo <= hi:  # the highest accuracy both curves reach, interpolated along each
+                va = {k: at_accuracy(a_pts, hi, k) for k in MEASURES}
+                vb = {k: at_accuracy(b_pts, hi, k) for k in MEASURES}
+                where = f"at client accuracy {hi:.3f} (interpolated)"
+            else:  # disjoint accuracy ranges: the nearest points of each curve
                 above = b_pts[0]["accuracy"] > a_pts[-1]["accuracy"]  # baseline more accurate
-                a, b = (a_pts[-1], b_pts[0]) if above else (a_pts[0], b_pts[-1])
-                print(
-                    f"{ld} vs {bd}: no common accuracy ({ld} {a_pts[0]['accuracy']:.3f}-"
-                    f"{a_pts[-1]['accuracy']:.3f}, {bd} {b_pts[0]['accuracy']:.3f}-"
-                    f"{b_pts[-1]['accuracy']:.3f}); nearest points: {ld} acc {a['accuracy']:.3f} "
-                    f"MSE {_fmt(a['mse'], '.4f')} PSNR {_fmt(a['psnr'], '.2f')} semantic "
-                    f"{_fmt(a['semantic_accuracy'], '.2f')} | {bd} acc {b['accuracy']:.3f} MSE "
-                    f"{_fmt(b['mse'], '.4f')} PSNR {_fmt(b['psnr'], '.2f')} semantic "
-                    f"{_fmt(b['semantic_accuracy'], '.2f')}"
-                )
-                continue
-            target = hi  # the highest accuracy both curves reach
-            va = {k: at_accuracy(a_pts, target, k) for k in MEASURES}
-            vb = {k: at_accuracy(b_pts, target, k) for k in MEASURES}
+                va, vb = (a_pts[-1], b_pts[0]) if above else (a_pts[0], b_pts[-1])
+                where = (f"at the nearest points (client accuracy {va['accuracy']:.3f} vs "
+                         f"{vb['accuracy']:.3f}")
+                # one point per curve is what the stop rule gives: matched up to its overshoot
+                where += "; the stop rule's points)" if len(a_pts) == len(b_pts) == 1 else ")"
             parts = []
             if va["mse"] and vb["mse"]:
                 parts.append(f"MSE {va['mse']:.4f} vs {vb['mse']:.4f} "
@@ -154,8 +149,7 @@ def print_matched(cv: dict[str, list[dict[str, Any]]]) -> None:
                 diff = 100 * (va["semantic_accuracy"] - vb["semantic_accuracy"])
                 parts.append(f"attacker classification accuracy {va['semantic_accuracy']:.2f} vs "
                              f"{vb['semantic_accuracy']:.2f} ({diff:+.1f} points)")
-            print(f"{ld} vs {bd} at client accuracy {target:.3f} (interpolated): "
-                  + "; ".join(parts))
+            print(f"{ld} vs {bd} {where}: " + "; ".join(parts))
 
 
 # --- issue 12: matched utility, intervals, attacker knowledge --------------------------------
@@ -204,11 +198,15 @@ def print_study(records: list[dict[str, Any]], out: Path, chance: float) -> None
     for r in records:
         log = r.get("noise_pretrain")
         if log:
+            acc = log.get("accuracy") or [None]  # runs before the accuracy curve lack it
+            every = max(1, len(log["loss"]) // 12)
             print(f"learned noise {r['defense']}#{r['seed']}: {log['epochs']} epochs "
-                  f"(converged {log['converged']}), mean moved {log['mean_shift'][-1]:.3f} "
-                  f"(max {log['mean_shift_max']:.3f}), std moved {log['std_shift'][-1]:.3f} "
-                  f"(max {log['std_shift_max']:.3f}); loss "
-                  + " ".join(f"{v:.3f}" for v in log["loss"]))
+                  f"(converged {log['converged']}, model trained {log.get('trained', '-')}, "
+                  f"local accuracy {_fmt(acc[-1], '.2f')}), mean moved "
+                  f"{log['mean_shift'][-1]:.3f} (max {log['mean_shift_max']:.3f}), std moved "
+                  f"{log['std_shift'][-1]:.3f} (max {log['std_shift_max']:.3f}), std range "
+                  f"{log['std_range'][0]:.3f}-{log['std_range'][1]:.3f}; loss every {every} "
+                  "epochs " + " ".join(f"{v:.3f}" for v in log["loss"][::every]))
     for know in knowledge:
         pts = study_points(records, know)
         print(f"\n-- attacker: {KNOWLEDGE_LABEL[know]} --")
@@ -284,14 +282,23 @@ def main() -> None:
           f"{len(summary['failed'])} failed, {time.perf_counter() - t0:.0f} s; out: {args.out}")
     records = read_jsonl(Path(args.out) / "sweep.jsonl")
     cv = curves(records)
-    clf = next(iter(summary.get("classifiers", {}).values()), {}) or {}
     from fedleak.data import load_dataset
 
     k = load_dataset(cfg.data.name, size=cfg.data.size, channels=cfg.data.channels).num_classes
     print_curves(cv)
-    print_baseline(cv, 1.0 / k, clf.get("test_accuracy"))
+    print_baseline(cv, 1.0 / k, classifier_accuracy([Path(args.out)]))
     print_matched(cv)
     print_study(records, Path(args.out), 1.0 / k)
+
+
+def classifier_accuracy(runs: list[Path]) -> float | None:
+    """Mean test accuracy of the runs' attacker classifiers (one per seed; saved beside their
+    weights), None for runs made before it was saved."""
+    import json
+
+    accs = [json.loads(p.read_text())["test_accuracy"]
+            for run in runs for p in sorted((run / "classifiers").glob("*.json"))]
+    return sum(accs) / len(accs) if accs else None
 
 
 def report_only(runs: list[Path]) -> None:
@@ -306,7 +313,7 @@ def report_only(runs: list[Path]) -> None:
     k = load_dataset(d["name"], size=d["size"], channels=d["channels"]).num_classes
     cv = curves(records)
     print_curves(cv)
-    print_baseline(cv, 1.0 / k, None)
+    print_baseline(cv, 1.0 / k, classifier_accuracy(runs))
     print_matched(cv)
     print_study(records, runs[0], 1.0 / k)
 

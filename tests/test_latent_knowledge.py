@@ -142,11 +142,22 @@ def test_learnable_noise_moves_and_stays_private():
     assert float(model.noise.mean.min()) == 1.0  # the shared model keeps the public init
     mu, _ = client_noise(fast, model, "0")
     assert float((mu - 1.0).abs().max()) == pytest.approx(f["mean_shift_max"])
-    # a tolerance stops the pre-training once the noise stops moving
+    # a tolerance stops the pre-training once the noise stops moving, but never while the
+    # model is still at chance (random labels: it runs every epoch and says so)
     stop = make_training_defense("latent-perturbation", noise="learnable", pretrain_epochs=5,
                                  pretrain_noise_lr=1e-2, pretrain_tol=1.0)
     stop.pretrain(stop.prepare_model(base), x, y, client_id="0", seed=0)
-    assert stop.pretrain_log["0"]["epochs"] == 1 and stop.pretrain_log["0"]["converged"]
+    log = stop.pretrain_log["0"]
+    assert log["epochs"] == 5 and not log["converged"] and not log["trained"]
+    assert len(log["accuracy"]) == 5
+    easy = torch.arange(4).repeat(8)  # labels the images show: brightness = class
+    bright = (easy.float()[:, None, None, None] + 0.2 * torch.rand(32, *SHAPE, generator=g)) / 4
+    stop = make_training_defense("latent-perturbation", noise="learnable", pretrain_epochs=40,
+                                 pretrain_lr=1e-2, pretrain_noise_lr=1e-2, pretrain_tol=1.0)
+    stop.pretrain(stop.prepare_model(base), bright, easy, client_id="0", seed=0)
+    log = stop.pretrain_log["0"]
+    assert log["converged"] and log["trained"] and log["epochs"] < 40
+    assert log["accuracy"][-1] >= 0.5 > log["accuracy"][0]
     rep = noise_report(model, x[:8], (mu, model.noise.std.detach()), fast)
     assert rep["noise_pretrain"]["epochs"] == 3 and rep["noise_latent_ratio_plain"] > 0
 
@@ -180,3 +191,46 @@ def test_plain_noise_scale_gives_the_plain_encoders_ratio():
     rep = noise_report(model, x, client_noise(d, model, "0"), d)
     assert rep["noise_latent_ratio"] == pytest.approx(rep["noise_latent_ratio_plain"], rel=1e-4)
     assert rep["noise_std"] == pytest.approx(0.1 * d.scale_factor, rel=1e-5)
+
+
+def _sweep_knowledge(tmp_path, knowledge, monkeypatch):
+    """One tiny sweep cell (a noise-free and a fixed-noise client, 2 batches) and the number of
+    plain Inverting Gradients runs it made."""
+    from fedleak.attacks.inverting import InvertingGradients
+    from fedleak.report import read_jsonl
+    from fedleak.sweep import run_sweep
+
+    calls = []
+    real = InvertingGradients.reconstruct
+    monkeypatch.setattr(InvertingGradients, "reconstruct",
+                        lambda self, inputs: calls.append(1) or real(self, inputs))
+    cfg = {
+        "data": {"name": "digits", "size": 8, "clients": 2, "images_per_client": 12,
+                 "test_images": 40},
+        "model": {"name": "latent-net", "options": {"width": 2, "pool": 2}},
+        "fl": {"rounds": 1, "local_epochs": 1, "batch_size": 6},
+        "attack": {"options": {"iterations": 40, "fedavg": "pseudo-gradient"},
+                   "num_images": 1, "batches": 2, "local_epochs": 2, "knowledge": knowledge},
+        "semantic": {"enabled": False},
+        "defenses": [{"name": "none"},
+                     {"name": "latent-perturbation", "options": {"noise": "fixed", "mean": 1.0}}],
+    }
+    out = tmp_path / "-".join(knowledge)
+    run_sweep(cfg, out, workers=1, log=lambda _m: None)
+    return read_jsonl(out / "sweep.jsonl"), len(calls)
+
+
+def test_sweep_reuses_the_none_run_as_the_adaptive_fallback(tmp_path, monkeypatch):
+    alone, n_alone = _sweep_knowledge(tmp_path, ["adaptive"], monkeypatch)
+    both, n_both = _sweep_knowledge(tmp_path, ["none", "adaptive"], monkeypatch)
+    # alone: 2 cells x 2 batches, each with its fallback run; both: the 4 `none` runs, no more
+    assert (n_alone, n_both) == (4, 4)
+    for a, b in zip(alone, both, strict=True):
+        assert b["adaptive_latent_pick"] == a["adaptive_latent_pick"]
+        for key in ("psnr", "attack_loss", "mse"):
+            assert b[f"adaptive_{key}_batches"] == a[f"adaptive_{key}_batches"], key
+    # where plain IG wins, the pick is exactly the `none` attacker's reconstruction
+    picks = [(r, b) for r in both for b, p in enumerate(r["adaptive_latent_pick"]) if p == "plain"]
+    assert picks, "no batch exercised the plain pick"
+    for r, b in picks:
+        assert r["adaptive_psnr_batches"][b] == r["none_psnr_batches"][b]

@@ -69,7 +69,10 @@ def test_sweep_writes_one_record_per_cell(sweep_dir):
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == [r["id"] for r in records]
     assert json.loads((out / "config.json").read_text())["sweep_config"]["fl"]["rounds"] == 1
-    assert list((out / "classifiers").glob("*.pt"))
+    (pt,) = (out / "classifiers").glob("*.pt")
+    # its test accuracy beside it (a report of the finished run reads it), as the run said
+    saved = json.loads(pt.with_suffix(".json").read_text())
+    assert saved == {"seed": 0, "test_accuracy": summary["classifiers"][0]["test_accuracy"]}
     assert (out / "privacy_utility_psnr.png").is_file()
     assert calls[0] == (0, 2) and calls[-1] == (2, 2)
 

@@ -68,6 +68,9 @@ __all__ = [
     "pearson",
 ]
 
+#: epochs over which the pre-training's stop rule averages the noise's per-epoch change
+PRETRAIN_WINDOW = 3
+
 
 def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Pearson correlation per sample (B,) between ``a`` and ``b`` of shape (B, ...)."""
@@ -105,8 +108,11 @@ class LatentPerturbation(TrainingDefense):
         pretrain_noise_lr: Adam lr of the noise parameters (mu, sigma) in the pre-training
             (default: ``pretrain_lr``). Adam moves a parameter by at most about its lr per
             step, so at 1e-4 and a few dozen steps the noise cannot leave its initial value.
-        pretrain_tol: stop the pre-training once an epoch moves (mu, sigma) by less than this
-            (mean absolute change per element); 0 runs all ``pretrain_epochs``.
+        pretrain_tol: stop the pre-training once (mu, sigma) move by less than this per epoch
+            (mean absolute change per element, averaged over the last ``PRETRAIN_WINDOW``
+            epochs: Adam's steps jitter, so one quiet epoch is no plateau) and the
+            pre-training model fits its local data (accuracy at least twice chance); 0 runs
+            all ``pretrain_epochs``.
 
         noise_scale: "absolute" (mean and std as given) or "plain": both multiplied, in
             :meth:`setup`, by RMS(latent of this model) / RMS(latent of a plain default-init
@@ -114,8 +120,11 @@ class LatentPerturbation(TrainingDefense):
             the one a plain implementation of the paper's encoder has (He init trains well but
             makes the latent 15-90x larger next to the noise).
 
-    ``pretrain_log[client_id]`` keeps the pre-training's loss curve and how far (mu, sigma)
-    moved from their initial values (per epoch), so a run can show the noise learned.
+    ``pretrain_log[client_id]`` keeps the pre-training's loss and local accuracy curves and
+    how far (mu, sigma) moved from their initial values (per epoch), so a run can show the
+    noise learned and the pre-training model trained (a deep default-init encoder sits at
+    chance for 15-35 epochs before it does; noise learned beside an untrained model is noise
+    fitted to nothing).
     """
 
     noise: str = "fixed"
@@ -233,29 +242,41 @@ class LatentPerturbation(TrainingDefense):
         gen = torch.Generator().manual_seed(seed)  # cpu generator: batch indices
         mu0, sd0 = net.noise.mean.detach().clone(), net.noise.std.detach().abs().clone()
         prev = (mu0, sd0)
-        log: dict[str, Any] = {"loss": [], "mean_shift": [], "std_shift": [], "change": []}
+        log: dict[str, Any] = {
+            "loss": [], "accuracy": [], "mean_shift": [], "std_shift": [], "change": [],
+        }
+        converged = False
         for _ in range(self.pretrain_epochs):
-            total = 0.0
+            total, hits, seen = 0.0, 0, 0
             for idx in local_batches(n, b, per_epoch, True, gen):
                 x, y = images[idx], labels[idx]
-                loss = self._minimax_step(net, decoder, dec_opt, x, y)
+                loss, logits = self._minimax_step(net, decoder, dec_opt, x, y, logits=True)
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 total += float(loss.detach())
+                hits += int((logits.detach().argmax(1) == y).sum())
+                seen += len(y)
             mu, sd = net.noise.mean.detach().clone(), net.noise.std.detach().abs().clone()
             change = max(float((mu - prev[0]).abs().mean()), float((sd - prev[1]).abs().mean()))
             log["loss"].append(total / per_epoch)
+            log["accuracy"].append(hits / max(seen, 1))
             log["mean_shift"].append(float((mu - mu0).abs().mean()))
             log["std_shift"].append(float((sd - sd0).abs().mean()))
             log["change"].append(change)
             prev = (mu, sd)
-            if self.pretrain_tol > 0 and change < self.pretrain_tol:
+            recent = log["change"][-PRETRAIN_WINDOW:]
+            # noise tuned to a model still at chance is tuned to nothing: stop only once the
+            # model fits its data (twice chance) and the noise has settled
+            trained = log["accuracy"][-1] >= 2.0 / base.num_classes
+            if self.pretrain_tol > 0 and trained and sum(recent) / len(recent) < self.pretrain_tol:
+                converged = True
                 break
         mu, sd = prev
         log.update({
             "epochs": len(log["loss"]),
-            "converged": bool(self.pretrain_tol > 0 and log["change"][-1] < self.pretrain_tol),
+            "converged": converged,
+            "trained": log["accuracy"][-1] >= 2.0 / base.num_classes,
             "mean_shift_max": float((mu - mu0).abs().max()),
             "std_shift_max": float((sd - sd0).abs().max()),
             "mean_range": [float(mu.min()), float(mu.max())],
@@ -280,8 +301,10 @@ class LatentPerturbation(TrainingDefense):
         dec_opt: torch.optim.Optimizer,
         x: torch.Tensor,
         y: torch.Tensor,
-    ) -> torch.Tensor:
-        """Decoder step (maximize rho), then the encoder/predictor loss CE + lambda * rho."""
+        logits: bool = False,
+    ) -> Any:
+        """Decoder step (maximize rho), then the encoder/predictor loss CE + lambda * rho
+        (and the predictor's logits with ``logits``)."""
         z = net.perturbed_latent(x)
         dec_opt.zero_grad(set_to_none=True)
         (-pearson(x, decoder(z.detach())).mean()).backward()
@@ -293,7 +316,9 @@ class LatentPerturbation(TrainingDefense):
         finally:
             for p in decoder.parameters():
                 p.requires_grad_(True)
-        return F.cross_entropy(net.predictor(z), y) + self.lam * rho
+        out = net.predictor(z)
+        loss = F.cross_entropy(out, y) + self.lam * rho
+        return (loss, out) if logits else loss
 
     def _load_noise(self, net: nn.Module, client_id: str | None) -> None:
         learned = self.learned.get(client_id or "")

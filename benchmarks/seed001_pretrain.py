@@ -1,7 +1,7 @@
 """Does the learnable latent perturbation's pre-training train? One line per client.
 
     python benchmarks/seed001_pretrain.py                       # the CPU recipes' settings
-    python benchmarks/seed001_pretrain.py --epochs 10 --tol 0   # the third run's (did not train)
+    python benchmarks/seed001_pretrain.py --epochs 10 --tol 0 --lr 1e-3   # the third run's
 
 Pre-trains seed 001's learnable noise (Algorithm 1) for each of the CPU recipe's clients
 (MNIST 28x28, 4 x 250 images, latent-net width 16, pool 3, PyTorch's default init) and prints
@@ -31,7 +31,7 @@ from fedleak.models import build_model  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=60, help="pretrain_epochs (the cap)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="pretrain_lr")
+    ap.add_argument("--lr", type=float, default=3e-4, help="pretrain_lr")
     ap.add_argument("--noise-lr", type=float, default=1e-2, help="pretrain_noise_lr")
     ap.add_argument("--tol", type=float, default=0.005, help="pretrain_tol (0: every epoch)")
     ap.add_argument("--clients", type=int, nargs="+", default=[0, 1, 2, 3])

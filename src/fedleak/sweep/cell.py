@@ -374,7 +374,7 @@ def _knowledge_leakage(
         # the adaptive attacker's fallback (plain IG from the same start on the same noiseless
         # replay) is the `none` attacker's run, bit for bit: reuse it instead of running it again
         reuse = (know == "adaptive" and "none" in batch_runs and not atk.extra
-                 and options.get("fallback", True) is True)
+                 and atk.name == "inverting-gradients" and options.get("fallback", True) is True)
         if reuse:
             options = {**options, "fallback": False}
         run_cfg = dataclasses.replace(

@@ -57,7 +57,23 @@ def test_ordinary_exit_keeps_the_teardown() -> None:
     assert out.returncode == 2 and "TEARDOWN" in out.stdout
 
 
-def test_sigint_reaches_the_server_thread() -> None:
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: a shell that starts a job in the background without job
+    control (``cmd &`` in a script, as some CI runners do) passes SIGINT on ignored, and an
+    ignored Ctrl-C stays ignored by design."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_handler():
+    """Python's own SIGINT handler in this process for the test, whatever the runner set."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_sigint_reaches_the_server_thread(sigint_handler) -> None:
     """The handler raises KeyboardInterrupt in the registered thread as well as in this one."""
     pytest.importorskip("flwr")
     from fedleak.integrations.flower.engine import _stop_server_on_sigint
@@ -111,7 +127,7 @@ def test_flower_audit_stops_on_sigint(tmp_path: Path) -> None:
         [sys.executable, "-m", "fedleak", "audit", str(cfg), "--engine", "flower",
          "--out", str(out), "--no-report"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 240

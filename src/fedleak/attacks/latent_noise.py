@@ -10,6 +10,7 @@ runs is chosen by :mod:`fedleak.defenses.knowledge`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,15 @@ from fedleak.models.latent import LatentNoise
 
 LATENT_MODES = ("mean", "sample", "shift")
 SHIFT_SHAPES = ("element", "channel", "scalar")
+
+
+def plain_wins(shift_loss: float | None, plain_loss: float | None) -> bool:
+    """The adaptive attacker's pick between its shift run and plain Inverting Gradients: plain
+    only with a finite attack loss strictly below the shift run's (ties keep the shift; a
+    missing or non-finite shift loss, a broken run, loses)."""
+    if plain_loss is None or not math.isfinite(plain_loss):
+        return False
+    return shift_loss is None or not math.isfinite(shift_loss) or plain_loss < shift_loss
 
 
 def noise_layer(model: nn.Module) -> tuple[str, LatentNoise] | None:
@@ -163,15 +173,14 @@ class LatentInvertingGradients(InvertingGradients):
         if self.latent != "shift" or not self.fallback:
             return rec
         plain = super().reconstruct(inputs)
-        if not plain.restart_losses[plain.best_restart] < rec.restart_losses[rec.best_restart]:
-            rec.extras["latent_shift_loss"] = rec.restart_losses[rec.best_restart]
-            rec.extras["latent_plain_loss"] = plain.restart_losses[plain.best_restart]
+        losses = {"latent_shift_loss": rec.restart_losses[rec.best_restart],
+                  "latent_plain_loss": plain.restart_losses[plain.best_restart]}
+        if not plain_wins(losses["latent_shift_loss"], losses["latent_plain_loss"]):
+            rec.extras.update(losses)
             return replace(rec, seconds=time.perf_counter() - start)
         plain.extras.update({
             **{k: v for k, v in extras.items() if k.startswith("latent_shift")},
-            "latent": self.latent, "latent_pick": "plain",
-            "latent_shift_loss": rec.restart_losses[rec.best_restart],
-            "latent_plain_loss": plain.restart_losses[plain.best_restart],
+            "latent": self.latent, "latent_pick": "plain", **losses,
         })
         return replace(plain, seconds=time.perf_counter() - start)
 

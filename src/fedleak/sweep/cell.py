@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import fedleak
+from fedleak.attacks.latent_noise import plain_wins
 from fedleak.data import ImageDataset, load_dataset, partition
 from fedleak.defenses import SecureAggregation, TrainingDefense, make_training_defense
 from fedleak.defenses.dpsgd import DPSGD
@@ -409,12 +410,10 @@ def _knowledge_leakage(
 
 
 def _lower_loss(shift: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
-    """The adaptive attacker's pick, as its ``fallback`` makes it: the plain run only when its
-    attack loss is strictly lower (ties keep the shift)."""
+    """The adaptive attacker's pick between two scored runs, by its fallback's rule."""
     a, b = shift.get("attack_loss"), plain.get("attack_loss")
-    if b is not None and (a is None or b < a):
-        return {**plain, "latent_pick": "plain", "latent_shift_loss": a, "latent_plain_loss": b}
-    return {**shift, "latent_pick": "shift", "latent_shift_loss": a, "latent_plain_loss": b}
+    pick, run = ("plain", plain) if plain_wins(a, b) else ("shift", shift)
+    return {**run, "latent_pick": pick, "latent_shift_loss": a, "latent_plain_loss": b}
 
 
 def _correlation(masked: ClientUpdate, plain: ClientUpdate) -> float:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 from torch import nn
+from torch.nn import functional as F
 
 import fedleak
 from fedleak.defenses import (
@@ -302,6 +303,30 @@ def test_dpsgd_clips_each_example():
     u = defense(model, x, y, batch_size=4, **one_step)
     assert float(_flat(u).norm()) <= c * lr * (1 + 1e-4)  # the mean of clipped examples
     assert math.isinf(defense.accounting("0")["epsilon"])  # no noise, no guarantee
+
+
+def test_dpsgd_matches_per_example_clipping_by_hand_in_either_layout():
+    """One DP step (no noise) equals the mean of per-example gradients clipped by hand, also
+    for a channels-last model (federate trains CPU models so; Opacus's per-example conv
+    gradients are wrong in that layout, which once left DP-SGD at chance accuracy)."""
+    model = _latent()
+    x, y = _data(4)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    per = []
+    for i in range(4):
+        g = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
+        per.append(torch.cat([t.flatten().double() for t in g]))
+    norms = torch.stack([v.norm() for v in per])
+    c, lr = float(norms.median()), 0.5  # some examples clipped, some not
+    ref = -lr * torch.stack([v * min(1.0, c / float(v.norm())) for v in per]).mean(0)
+    one_step = {"protocol": "fedavg", "local_steps": 1, "lr": lr, "optimizer": "sgd",
+                "batch_size": 4}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        net = copy.deepcopy(model).to(memory_format=layout)
+        u = DPSGD(noise_multiplier=0.0, max_grad_norm=c)(net, x, y, **one_step)
+        got = torch.cat([u.tensors[n].flatten().double() for n in names])
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_dpsgd_swaps_batchnorm_for_groupnorm_on_a_copy():

@@ -332,3 +332,62 @@ def test_a_given_diffusion_t_lives_on_the_model_device() -> None:
 
     t = _fixed_t([5], 2, 16, "attack 'gidm-plus'", torch.device("meta"))
     assert t is not None and t.device.type == "meta" and t.shape == (2,)
+
+
+def _small_convnet() -> torch.nn.Module:
+    return build_model("convnet", input_shape=(1, 8, 8), num_classes=3, widths=[4, 8],
+                       pool_after=[0])
+
+
+def test_fast_layout_trains_the_same_federation_in_channels_last() -> None:
+    """On the CPU federate puts conv weights in channels-last layout (faster oneDNN kernels);
+    the federation it trains is the NCHW one up to float rounding, and a conv-free model or a
+    model fast_layout already converted is left as it is."""
+    from fedleak.device import fast_layout
+    from fedleak.fl import ClientData, federate
+
+    torch.manual_seed(0)
+    net = _small_convnet()
+    ref = {k: v.clone() for k, v in net.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    clients = [ClientData(torch.rand(6, 1, 8, 8, generator=gen), torch.tensor([0, 1, 2] * 2))
+               for _ in range(2)]
+    train = {"protocol": "fedavg", "local_epochs": 2, "batch_size": 3, "lr": 0.05}
+
+    def run(layout: torch.memory_format) -> dict[str, torch.Tensor]:
+        m = _small_convnet()
+        m.load_state_dict(ref)
+        m.to(memory_format=layout)
+        for _ in federate(m, clients, rounds=2, train=train, seed=0):
+            pass
+        conv = next(p for p in m.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=torch.channels_last)  # federate converted it
+        return m.state_dict()
+
+    a, b = run(torch.contiguous_format), run(torch.channels_last)
+    assert any(not torch.equal(a[k], ref[k]) for k in a)  # it trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    assert fast_layout(mlp) is mlp and mlp[1].weight.is_contiguous()
+
+
+def test_predict_restores_each_module_mode_and_ignores_the_batch_size() -> None:
+    from fedleak.fl import evaluate, predict
+
+    torch.manual_seed(0)
+    net = _small_convnet()
+    net.train()
+    net[2].eval()  # a BatchNorm left in eval mode by its owner must stay so
+    modes = [m.training for m in net.modules()]
+    x = torch.rand(70, 1, 8, 8)
+    with torch.no_grad():
+        expect = net.eval()(x).argmax(1)
+    for m, t in zip(net.modules(), modes, strict=True):
+        m.training = t
+    for batch in (None, 1, 64, 512):
+        assert torch.equal(predict(net, x, batch), expect)
+        assert [m.training for m in net.modules()] == modes
+    y = expect.clone()
+    y[:7] = (y[:7] + 1) % 3
+    assert evaluate(net, x, y) == pytest.approx(63 / 70)

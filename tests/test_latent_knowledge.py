@@ -234,3 +234,11 @@ def test_sweep_reuses_the_none_run_as_the_adaptive_fallback(tmp_path, monkeypatc
     assert picks, "no batch exercised the plain pick"
     for r, b in picks:
         assert r["adaptive_psnr_batches"][b] == r["none_psnr_batches"][b]
+    # a client without latent noise: the adaptive attacker knows the defense, so it runs plain
+    # IG (no shift to look for), and alone it runs no more than the none attacker would
+    clean = [r for r in alone + both if r["defense"] == "none"]
+    assert len(clean) == 2
+    for r in clean:
+        assert r["adaptive_latent_pick"] == ["plain", "plain"]
+        assert "none_latent_pick" not in r
+    assert clean[0]["adaptive_psnr_batches"] == clean[1]["none_psnr_batches"]

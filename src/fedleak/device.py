@@ -34,6 +34,7 @@ __all__ = [
     "attack_precision",
     "chunk_size",
     "device_of",
+    "fast_layout",
     "generator_for",
     "memory_budget",
     "resolve_device",
@@ -114,6 +115,19 @@ def device_of(module_or_tensor: nn.Module | torch.Tensor | None) -> torch.device
         for t in module_or_tensor.buffers():
             return t.device
     return torch.device("cpu")
+
+
+def fast_layout(model: nn.Module) -> nn.Module:
+    """Put a CPU model's conv weights in channels-last layout, in place; return it.
+
+    Why: oneDNN's channels-last convolutions are faster on the CPU than NCHW ones (the seed-001
+    conv net trains 1.2-1.3x faster at one thread, DP-SGD 1.1x: ``benchmarks/cpu_layout.py``).
+    Values and shapes do not change, only strides (so sums may round differently in the last
+    bit). Models without 2-D convolutions and models on other devices are left as they are.
+    """
+    if device_of(model).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def generator_for(device: DeviceLike, seed: int) -> torch.Generator:

@@ -174,7 +174,10 @@ class DPSGD(TrainingDefense):
             weight_decay=weight_decay, betas=betas, bn_mode=bn_mode, shuffle=shuffle, seed=seed,
             client_id=client_id, round=round,
         )
-        net = copy.deepcopy(model)
+        # NCHW: Opacus's per-example conv gradients are wrong for channels-last weights (their
+        # sum is right, each example's is not, so the clipping would be garbage); federate
+        # trains CPU models channels-last (fedleak.device.fast_layout)
+        net = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         images, labels = images.to(device_of(net)), labels.to(device_of(net))
         net.train()
         names, params = trainable(net)

@@ -8,6 +8,7 @@ from fedleak.fl.server import (
     apply_update,
     evaluate,
     federate,
+    predict,
     round_generator,
     sample_clients,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "evaluate",
     "federate",
     "local_update",
+    "predict",
     "round_generator",
     "sample_clients",
 ]

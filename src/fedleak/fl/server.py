@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedleak.device import device_of, resolve_device
+from fedleak.device import device_of, fast_layout, resolve_device
 from fedleak.errors import ConfigError, UpdateError
 from fedleak.fl.client import local_update
 from fedleak.fl.update import ClientUpdate
@@ -79,19 +79,33 @@ def sample_clients(num_clients: int, per_round: int, generator: torch.Generator)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 512
-) -> float:
-    """Top-1 accuracy of ``model`` in eval mode (restores the previous mode)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
+def predict(model: nn.Module, images: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Class predictions of ``model`` in eval mode, on the CPU; every module's mode is restored.
+
+    Restoring each module (not just the top one): a model that shares modules with one still
+    training (Opacus refuses a module left in eval mode) must get them back as they were.
+    ``batch`` defaults to 64 on the CPU (cache-sized: 1.7x faster than 512 for the seed-001 net
+    at one thread) and 512 elsewhere.
+    """
     dev = device_of(model)
-    for s in range(0, images.shape[0], batch):
-        pred = model(images[s : s + batch].to(dev)).argmax(1).to(labels.device)
-        correct += int((pred == labels[s : s + batch]).sum())
-    model.train(was_training)
-    return correct / max(1, images.shape[0])
+    batch = batch or (64 if dev.type == "cpu" else 512)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        parts = [model(images[s : s + batch].to(dev)).argmax(1).cpu()
+                 for s in range(0, len(images), batch)]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` in eval mode (every module's mode restored after)."""
+    pred = predict(model, images, batch)
+    return int((pred == labels.cpu()).sum()) / max(1, images.shape[0])
 
 
 @dataclass
@@ -148,10 +162,12 @@ def federate(
     ``start_round`` resumes a federation whose global model is already at that round.
     ``trainer`` replaces :func:`local_update` (same signature), e.g. a training-time defense.
     ``device`` moves ``model`` there first (default: where it is); clients train on the
-    model's device, their data stays where it is and is moved batch-wise.
+    model's device, their data stays where it is and is moved batch-wise. On the CPU the model's
+    conv weights are put in channels-last layout first (:func:`fedleak.device.fast_layout`).
     """
     if device is not None:
         model.to(resolve_device(device))
+    fast_layout(model)
     if rounds < 1:
         raise ConfigError(f"`rounds` must be >= 1; got {rounds}.")
     per_round = clients_per_round or len(clients)

@@ -91,6 +91,27 @@ def test_consistency_picks_the_restart_the_others_agree_with() -> None:
         pick_restart(images, losses, "oracle")
 
 
+def test_consensus_averages_the_restarts_paired_within_labels() -> None:
+    from fedleak.attacks.selection import consensus
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(3, 1, 8, 8, generator=g)
+    labels = torch.tensor([[0, 1, 1]] * 4)
+    noise = [0.05 * torch.randn(truth.shape, generator=g) for _ in range(4)]
+    restarts = [truth + n for n in noise]
+    restarts[1] = restarts[1][[0, 2, 1]]  # the two label-1 slots swapped: pairing undoes it
+    restarts[2] = torch.rand(truth.shape, generator=g)  # a broken restart, left out by its loss
+    losses = torch.tensor([0.01, 0.02, float("nan"), 0.03])
+    mean = consensus(torch.stack(restarts), labels, losses, ref=0)
+    expect = torch.stack([(truth + noise[i]).clamp(0, 1) for i in (0, 1, 3)]).mean(0)
+    torch.testing.assert_close(mean, expect)
+    # slots pair only within a label: slot 0 (label 0) keeps restart 1's slot 0 even when
+    # another slot's pixels are closer to it
+    far = torch.stack([truth, truth[[1, 0, 2]]])
+    both = consensus(far, torch.tensor([[0, 1, 1], [0, 1, 1]]), torch.zeros(2), ref=0)
+    torch.testing.assert_close(both[0], (truth[0] + truth[1]) / 2)
+
+
 def test_inverting_gradients_select_option() -> None:
     model = _victim()
     x, y = torch.rand(1, 1, S, S), torch.zeros(1, dtype=torch.long)
@@ -98,5 +119,12 @@ def test_inverting_gradients_select_option() -> None:
     rec = attack("inverting-gradients", model, update, threat=ThreatModel(labels=y),
                  iterations=3, restarts=3, select="consistency")  # fmt: skip
     assert rec.extras["select"] == "consistency" and 0 <= rec.best_restart < 3
+    rec = attack("inverting-gradients", model, update, threat=ThreatModel(labels=y),
+                 iterations=3, restarts=3, select="mean")  # fmt: skip
+    assert rec.extras["consensus_of"] == 3
+    torch.testing.assert_close(rec.images, rec.restart_images.mean(0))  # batch 1: a plain mean
+    with pytest.raises(ConfigError, match="select='mean'"):
+        attack("inverting-gradients", model, update, threat=ThreatModel(labels=y), restarts=2,
+               select="mean", select_after=0.5)
     with pytest.raises(ConfigError, match="select"):
         attack("inverting-gradients", model, update, threat=ThreatModel(labels=y), select="x")

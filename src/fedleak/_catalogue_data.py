@@ -713,8 +713,10 @@ ATTACKS: Any = [
                 'select',
                 "'loss'",
                 (
-                    'which restart to return: "loss" (lowest attack loss) or "consistency" '
-                    '(the restart closest to the others, :mod:`fedleak.attacks.selection`).'
+                    'which restart to return: "loss" (lowest attack loss), "consistency" (the '
+                    'restart closest to the others) or "mean" (not one restart: the pixel mean '
+                    'of all finite restarts, paired to the lowest-loss one; '
+                    ':mod:`fedleak.attacks.selection`).'
                 ),
             ],
             [
@@ -853,8 +855,10 @@ ATTACKS: Any = [
                 'select',
                 "'loss'",
                 (
-                    'which restart to return: "loss" (lowest attack loss) or "consistency" '
-                    '(the restart closest to the others, :mod:`fedleak.attacks.selection`).'
+                    'which restart to return: "loss" (lowest attack loss), "consistency" (the '
+                    'restart closest to the others) or "mean" (not one restart: the pixel mean '
+                    'of all finite restarts, paired to the lowest-loss one; '
+                    ':mod:`fedleak.attacks.selection`).'
                 ),
             ],
             [

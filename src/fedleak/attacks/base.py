@@ -44,8 +44,9 @@ class Reconstruction:
         loss_history: attack loss of the chosen restart, one value per iteration.
         restart_losses: final (best) attack loss of each restart; ``best_restart`` indexes it.
         restart_images: (R, N, C, H, W) every restart's final (best) images, in the order of
-            ``restart_losses`` (``images`` is ``restart_images[best_restart]``), so users can
-            see what restart selection did; None for attacks without restarts.
+            ``restart_losses`` (``images`` is ``restart_images[best_restart]``, or under
+            ``select="mean"`` their consensus), so users can see what restart selection did;
+            None for attacks without restarts.
         label_method: where the labels came from ("granted", "idlg", "count", "joint", ...).
         fit: the fit check (:mod:`fedleak.attacks.fit`), set by the front door after the attack.
     """

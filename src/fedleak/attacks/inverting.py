@@ -37,7 +37,7 @@ from fedleak.attacks.optimize import (
     optimize,
     total_variation,
 )
-from fedleak.attacks.selection import check_select, pick_restart
+from fedleak.attacks.selection import check_select, consensus, pick_restart
 from fedleak.attacks.simulate import (
     CosineDistance,
     Tensors,
@@ -305,12 +305,17 @@ def finish(
     extras: dict[str, Any],
     best: int | None = None,
 ) -> Reconstruction:
-    """Pick the restart with the lowest attack loss (or ``best``) and package the result."""
+    """Pick the restart with the lowest attack loss (or ``best``) and package the result; under
+    ``select="mean"`` the images are the restarts' consensus around it."""
     losses = res.best_loss
     finite = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, float("inf")))
     best = int(finite.argmin()) if best is None else best
+    images = res.best["images"][best].clamp(0, 1).detach().clone()
+    if getattr(attack, "select", "loss") == "mean":  # the restarts' consensus
+        images = consensus(res.best["images"], labels, losses, best)
+        extras = {**extras, "consensus_of": int(torch.isfinite(losses).sum())}
     return Reconstruction(
-        images=res.best["images"][best].clamp(0, 1).detach().clone(),
+        images=images,
         labels=labels[best].clone(),
         attack=attack.name,
         threat_level=inputs.threat.level,
@@ -386,8 +391,9 @@ class InvertingGradients(Attack):
         layers: None (all tensors) or parameter-name prefixes / tensor indices to match.
         layer_weights: "equal" or "linear" (first layer 1, decaying), as in Geiping's code.
         fedavg: "replay" (re-run the client's local steps) or "pseudo-gradient".
-        select: which restart to return: "loss" (lowest attack loss) or "consistency" (the
-            restart closest to the others, :mod:`fedleak.attacks.selection`).
+        select: which restart to return: "loss" (lowest attack loss), "consistency" (the
+            restart closest to the others) or "mean" (not one restart: the pixel mean of all
+            finite restarts, paired to the lowest-loss one; :mod:`fedleak.attacks.selection`).
         select_after: None (every restart runs to the end) or a fraction in (0, 1): after
             that share of the iterations only the restart with the lowest attack loss goes
             on. On one CPU thread R restarts cost ~R runs (compute-bound); select_after=0.125
@@ -447,6 +453,11 @@ class InvertingGradients(Attack):
             raise ConfigError(
                 f"`select_after` of attack {self.name!r} must be None or a fraction in (0, 1); "
                 f"got {sa!r}."
+            )
+        if self.select == "mean" and (sa is not None or self.tv == "auto"):
+            raise ConfigError(
+                f"`select='mean'` of attack {self.name!r} averages restarts that ran to the end; "
+                "it cannot follow `select_after` or `tv='auto'`, which stop all but one early."
             )
         object.__setattr__(self, "layers", normalize_layers(self.layers, f"attack {self.name!r}"))
 

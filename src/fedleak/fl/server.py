@@ -80,7 +80,7 @@ def sample_clients(num_clients: int, per_round: int, generator: torch.Generator)
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """Class predictions of ``model`` in eval mode, on the CPU; every module's mode is restored.
+    """Class predictions (on the CPU) of ``model`` in eval mode; every module's mode is restored.
 
     Restoring each module (not just the top one): a model that shares modules with one still
     training (Opacus refuses a module left in eval mode) must get them back as they were.

@@ -86,6 +86,7 @@ def test_consistency_picks_the_restart_the_others_agree_with() -> None:
     losses = torch.tensor([0.01, 0.02, 0.03, float("nan")])
     assert pick_restart(images, losses, "loss") == 0
     assert pick_restart(images, losses, "consistency") in (1, 2)
+    assert pick_restart(images, losses, "mean") == 0  # the consensus's reference: the loss pick
     assert pick_restart(images[:2], losses[:2], "consistency") == 0  # no majority: the loss
     with pytest.raises(ConfigError, match="select"):
         pick_restart(images, losses, "oracle")

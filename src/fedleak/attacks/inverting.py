@@ -310,10 +310,11 @@ def finish(
     losses = res.best_loss
     finite = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, float("inf")))
     best = int(finite.argmin()) if best is None else best
-    images = res.best["images"][best].clamp(0, 1).detach().clone()
     if getattr(attack, "select", "loss") == "mean":  # the restarts' consensus
         images = consensus(res.best["images"], labels, losses, best)
         extras = {**extras, "consensus_of": int(torch.isfinite(losses).sum())}
+    else:
+        images = res.best["images"][best].clamp(0, 1).detach().clone()
     return Reconstruction(
         images=images,
         labels=labels[best].clone(),

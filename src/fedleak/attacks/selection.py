@@ -66,7 +66,7 @@ def pick_restart(images: torch.Tensor, losses: torch.Tensor, select: str = "loss
     finite = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, float("inf")))
     by_loss = int(finite.argmin())
     cand = torch.nonzero(torch.isfinite(losses)).flatten().tolist()
-    if select == "loss" or len(cand) < 3:
+    if select != "consistency" or len(cand) < 3:
         return by_loss
     with torch.no_grad():
         scores = consistency_scores(images.detach().clamp(0, 1), cand)

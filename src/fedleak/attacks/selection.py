@@ -10,10 +10,10 @@ restarts' (images paired by Hungarian assignment, since a batch's order is arbit
 ``"mean"`` returns no single restart but their consensus: the pixel mean of every restart with
 a finite loss, each restart's images first paired to the lowest-loss restart's (Hungarian
 assignment on MSE, only between slots of the same label). Restarts that fit the same update
-err in partly independent ways, so their mean is closer to the image than any of them (issue
-16, breaching's GAP-head rows, 3 seeds: batch 1 18.92 -> 19.79 dB with 4 restarts, 20.67 with
-8 and ``tv_decay=0``; batch 4 14.25 -> 15.78 with 4, 17.11 with 8 and ``tv_decay=0``;
-docs/attacks.md).
+err in partly independent ways, so their mean is usually closer to the image than any of them
+(issue 16, breaching's GAP-head rows, 3 seeds: batch 1 18.92 -> 19.79 dB with 4 restarts,
+20.67 with 8 and ``tv_decay=0``; batch 4 14.25 -> 16.13 with 4, 17.08 with 8 and
+``tv_decay=0``; docs/attacks.md).
 Only the candidates themselves are used, never the ground truth.
 """
 

@@ -126,11 +126,12 @@ def generative_rows(out: Path, victim: Any, quick: bool = False) -> list[Row]:
 
 
 def fedleak_run(model: torch.nn.Module, update: fedleak.ClientUpdate, truth: torch.Tensor,
-                labels: torch.Tensor, iterations: int, every: int = 10,
+                labels: torch.Tensor, iterations: int | None, every: int = 10,
                 attack: str = "inverting-gradients", **options: Any) -> dict[str, Any]:
     """A fedleak attack (labels granted) with the PSNR of its current best every ``every`` its.
 
-    The trace holds (iterations, PSNR, seconds). Iterations are single-restart iterations:
+    ``iterations`` None: the attack's own default (per restart). The trace holds (iterations,
+    PSNR, seconds). Iterations are single-restart iterations:
     with ``tv="auto"`` the candidates' iterations before the selection count too (each
     checkpoint before it counts len(tv_grid) x restarts iterations). Seconds leave out the
     scoring. The truth is used for this report only.
@@ -144,9 +145,10 @@ def fedleak_run(model: torch.nn.Module, update: fedleak.ClientUpdate, truth: tor
         trace.append((c.iteration, fedleak.score(c.images, truth)["psnr"], t - start - spent[0]))
         spent[0] += time.perf_counter() - t
 
+    if iterations is not None:
+        options = {"iterations": iterations, **options}
     rec = fedleak.attack(attack, model, update, threat=ThreatModel(labels=labels),
-                         iterations=iterations, callback=callback, checkpoint_every=every,
-                         **options)
+                         callback=callback, checkpoint_every=every, **options)
     r = _scored(rec, truth, time.perf_counter() - start - spent[0])
     rows, at = int(rec.extras.get("restarts", 1)), rec.extras.get("select_at")
     if at is None:  # every restart runs to the end
@@ -168,7 +170,9 @@ def breaching_rows(victim: Any, iterations: int, threads: int = 1,
                    variants: tuple[str, ...] = ()) -> list[Row]:
     """breaching (shared harness) and fedleak IG defaults on the same problem, 4 settings.
 
-    Both run on ``threads`` threads (breaching in its own venv through the harness's
+    breaching runs ``iterations``; fedleak its own defaults (8 restarts x 250 iterations), or
+    what a variant sets ("restarts=1 iterations=1000 tv_decay=1": the earlier default). Both
+    run on ``threads`` threads (breaching in its own venv through the harness's
     ``run_breaching_threads.py``, reused from ``breaching_side_by_side.run_breaching``). Each
     fedleak row also says at which iteration, and after how many seconds, fedleak first
     reached breaching's PSNR (search included). ``variants`` adds fedleak runs with other
@@ -198,7 +202,7 @@ def breaching_rows(victim: Any, iterations: int, threads: int = 1,
             rows.append((f"{head}-b{n}", "breaching invertinggradients", b, "", ""))
             for variant in ("", *variants):
                 opts = parse_variant(variant)
-                r = fedleak_run(model, update, truth, labels, iterations, **opts)
+                r = fedleak_run(model, update, truth, labels, None, **opts)
                 b["flat"] = r["flat"]
                 r["reach"] = reach(r["trace"], peer["psnr"])
                 r["breaching"], r["variant"] = peer["psnr"], variant or "default"

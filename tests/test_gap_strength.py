@@ -30,8 +30,9 @@ def _problem(head: str, n: int = 1) -> tuple[nn.Module, torch.Tensor, torch.Tens
 
 def _psnr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **opts: object) -> float:
     update = fedleak.observe(model, x, y, bn_mode="eval")
+    base = {"iterations": 200, "restarts": 1, "tv_decay": 1.0}  # one restart: the option's effect
     rec = fedleak.attack("inverting-gradients", model, update, threat=ThreatModel(labels=y),
-                         iterations=200, **opts)
+                         **{**base, **opts})
     return fedleak.score(rec, x)["psnr"]
 
 

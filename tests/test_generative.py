@@ -55,7 +55,7 @@ def test_generative_prior_beats_pixel_matching_at_equal_iterations(faces, prior)
     only1 = attack("generative-prior", model, update, threat=threat, prior_model=prior,
                    phase1_iterations=5, iterations=0, restarts=2)  # fmt: skip
     assert only1.iterations == 5 and torch.equal(only1.images, only1.extras["phase1_images"])
-    ig = attack("inverting-gradients", model, update, threat=threat, iterations=60)
+    ig = attack("inverting-gradients", model, update, threat=threat, iterations=60, restarts=1)
     s, s_ig = score(rec, images), score(ig, images)
     assert s["psnr"] > s["flat_psnr"] + 1.5  # measured 18.1 vs flat 15.0
     assert s["psnr"] > s_ig["psnr"] + 4.0  # measured IG: 9.8
@@ -129,3 +129,30 @@ def test_inverting_gradients_select_option() -> None:
                select="mean", select_after=0.5)
     with pytest.raises(ConfigError, match="select"):
         attack("inverting-gradients", model, update, threat=ThreatModel(labels=y), select="x")
+
+
+def test_inverting_gradients_defaults_follow_the_other_options() -> None:
+    from fedleak.attacks.inverting import InvertingGradients as IG
+
+    d = IG()
+    assert (d.restarts, d.iterations, d.select, d.tv_decay) == (8, 250, "mean", 0.0)
+    assert IG(restarts=1).select == "loss"  # a consensus of one is that restart
+    assert IG(restarts=4, select_after=0.25).select == "loss"  # one restart goes on
+    assert (IG(tv="auto").select, IG(tv="auto").tv_decay) == ("loss", 1.0)
+    assert (IG(select="consistency", tv_decay=0.5).select, IG(tv_decay=0.5).tv_decay) == (
+        "consistency", 0.5)
+
+
+def test_checkpoints_show_the_consensus_and_deterministic_starts_spread() -> None:
+    model = _victim()
+    x, y = torch.rand(1, 1, S, S), torch.zeros(1, dtype=torch.long)
+    update = observe(model, x, y)
+    seen: list[torch.Tensor] = []
+    rec = attack("inverting-gradients", model, update, threat=ThreatModel(labels=y),
+                 iterations=4, restarts=3, init="constant", checkpoint_every=2,
+                 callback=lambda c: seen.append(c.images))  # fmt: skip
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[-1], rec.images)  # what the result will be, not one restart
+    # a constant start would make the 3 restarts one: restarts after the first get noise
+    r = rec.restart_images
+    assert not torch.equal(r[0], r[1]) and not torch.equal(r[1], r[2])

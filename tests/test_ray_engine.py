@@ -278,10 +278,15 @@ class _SlowRound2(InlineEngine):
 def test_killed_audit_driver_loses_no_attack(local_audit, tmp_path, monkeypatch):
     path, ref = local_audit
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        m.setattr(audit_runner, "make_engine", lambda cfg, **kw: _SlowRound2())
-        with pytest.raises(KeyboardInterrupt):
-            run_audit(load_config(path), out)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference: 8 batched restarts round by thread count
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(audit_runner, "make_engine", lambda cfg, **kw: _SlowRound2())
+            with pytest.raises(KeyboardInterrupt):
+                run_audit(load_config(path), out)
+    finally:
+        torch.set_num_threads(n)
     # both rounds trained, but state.pt stays at round 1: round 2's attacks were in flight
     assert [r["round"] for r in read_jsonl(out / "rounds.jsonl")] == [1, 2]
     assert torch.load(out / "state.pt", weights_only=True)["round"] == 1

@@ -31,7 +31,7 @@ class Checkpoint:
 
     iteration: int
     loss: float  # best attack loss over restarts so far
-    images: torch.Tensor  # (N, C, H, W) current best candidate, detached
+    images: torch.Tensor  # (N, C, H, W) current best candidate (or consensus), detached
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Reconstruction:
     """The result of an attack.
 
     Attributes:
-        images: (N, C, H, W) in [0, 1], the restart with the lowest attack loss.
+        images: (N, C, H, W) in [0, 1], the restart with the lowest attack loss (or, under
+            Inverting Gradients' ``select="mean"``, the restarts' consensus).
         labels: (N,) class indices the attack used or recovered (None if it has none).
         loss_history: attack loss of the chosen restart, one value per iteration.
         restart_losses: final (best) attack loss of each restart; ``best_restart`` indexes it.

@@ -78,6 +78,7 @@ def optimize(
     select_after: float | None = None,
     constants: Variables | None = None,
     before_step: Callable[[Variables, int], None] | None = None,
+    summarize: Callable[[Variables, torch.Tensor], torch.Tensor] | None = None,
 ) -> OptimizationResult:
     """Minimize ``objective`` over ``variables`` with Adam.
 
@@ -87,6 +88,9 @@ def optimize(
         after_step: in-place update after each step (e.g. Langevin noise).
         decode: maps variables to images (R, N, C, H, W) for checkpoints (default: the
             ``image_key`` variable).
+        summarize: ``summarize(best, best_loss)`` -> the checkpoints' images (N, C, H, W) from
+            every restart's best variables so far (e.g. their consensus); default: the
+            lowest-loss restart's images.
         fresh: ``fresh(idx)`` draws new starting variables for the restarts ``idx`` (leading
             dim ``len(idx)``), used when their loss or gradient goes non-finite; None: such a
             restart is given up at once.
@@ -207,7 +211,10 @@ def optimize(
             if inputs.callback is not None and bool(torch.isfinite(best_loss).any()):
                 i = int(best_loss.argmin())
                 with torch.no_grad():
-                    imgs = decode({k: v[i : i + 1] for k, v in best.items()})[0]
+                    if summarize is not None:
+                        imgs = summarize(best, best_loss)
+                    else:
+                        imgs = decode({k: v[i : i + 1] for k, v in best.items()})[0]
                 inputs.callback(Checkpoint(iteration=done, loss=current, images=imgs.detach()))
     if not bool(torch.isfinite(best_loss).any()):
         raise AttackDivergedError(

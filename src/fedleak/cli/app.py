@@ -305,7 +305,7 @@ def attack(
     attack_name: Annotated[
         str | None, typer.Option("--attack", help="Attack name (default dlg; diffusion-ig).")
     ] = None,
-    iterations: Annotated[int | None, typer.Option(help="Attack iterations.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Attack iterations (per restart).")] = None,
     restarts: Annotated[int | None, typer.Option(help="Attack restarts.")] = None,
     option: Annotated[
         list[str] | None, typer.Option(help="Attack option key=value (repeatable).")

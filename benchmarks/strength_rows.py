@@ -202,7 +202,8 @@ def breaching_rows(victim: Any, iterations: int, threads: int = 1,
             rows.append((f"{head}-b{n}", "breaching invertinggradients", b, "", ""))
             for variant in ("", *variants):
                 opts = parse_variant(variant)
-                r = fedleak_run(model, update, truth, labels, None, **opts)
+                r = fedleak_run(model, update, truth, labels, opts.pop("iterations", None),
+                                **opts)
                 b["flat"] = r["flat"]
                 r["reach"] = reach(r["trace"], peer["psnr"])
                 r["breaching"], r["variant"] = peer["psnr"], variant or "default"

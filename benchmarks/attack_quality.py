@@ -5,10 +5,6 @@ the numbers it prints are the ones the docs quote. Setting: built-in ``lfw-faces
 an untrained ConvNet (4 conv 3x3 + BN + ReLU, widths 32/64/128/128, max-pool after the 2nd and
 3rd, 2 classes), BN in eval mode for FedSGD. Labels are not granted (recovered from the update).
 
-The attacks compare at equal iterations per restart (1,000), so Inverting Gradients runs one
-restart without TV decay here (its default until the 8-restart consensus; its default is
-measured by ``--settings none --breaching``, side by side with breaching).
-
 * FedSGD, inverting-gradients: flatten head batch 1 (target >= 40 dB) and batch 4 (>= 18 dB),
   GAP head batch 1 (>= 19 dB, with ``layer_weights="linear"`` and 4 restarts; the defaults
   are printed beside it); gradinversion on the same settings for comparison.
@@ -82,18 +78,14 @@ FEDAVG = {
     "shuffle": False,
 }
 FEDAVG_ADAM = {**FEDAVG, "optimizer": "adam"}
-# Inverting Gradients' default is the consensus of 8 restarts x 250 iterations; the rows here
-# compare the attacks at equal iterations of one restart, so they run its one-restart form (its
-# default before the consensus; the default itself: the --breaching rows and gap_strength.py)
-ONE = {"restarts": 1, "tv_decay": 1.0}
 FEDSGD_ATTACKS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("inverting-gradients", ONE),
+    ("inverting-gradients", {}),
     ("gradinversion", {}),
 )
 # another engineer's attacks join the FedAvg comparison simply by being registered
 FEDAVG_ATTACKS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("inverting-gradients", {**ONE, "fedavg": "pseudo-gradient"}),
-    ("inverting-gradients", {**ONE, "fedavg": "replay"}),
+    ("inverting-gradients", {"fedavg": "pseudo-gradient"}),
+    ("inverting-gradients", {"fedavg": "replay"}),
     ("gradinversion", {"fedavg": "replay"}),
     ("bn-fedavg", {}),
 )
@@ -106,21 +98,19 @@ IG = "inverting-gradients"
 # Geiping's "linear" layer weights (first layer 1, decaying) with 4 restarts is what reaches the
 # target (measured: defaults 17.75 dB; linear 19.20; linear + 4 restarts 19.37). On the flatten
 # head "linear" costs 5 dB at batch 4 (23.35 -> 18.25), so it is not the default.
-IG_GAP = (IG, {"layer_weights": "linear", "restarts": 4, "select": "loss", "tv_decay": 1.0})
-IG1 = label(IG, ONE)
+IG_GAP = (IG, {"layer_weights": "linear", "restarts": 4})
 SETTINGS = (
-    Setting("flatten-b1", "flatten", 1, FEDSGD, FEDSGD_ATTACKS, targets={IG1: 40.0}),
-    Setting("flatten-b4", "flatten", 4, FEDSGD, FEDSGD_ATTACKS, targets={IG1: 18.0}),
+    Setting("flatten-b1", "flatten", 1, FEDSGD, FEDSGD_ATTACKS, targets={IG: 40.0}),
+    Setting("flatten-b4", "flatten", 4, FEDSGD, FEDSGD_ATTACKS, targets={IG: 18.0}),
     Setting("gap-b1", "gap", 1, FEDSGD, (*FEDSGD_ATTACKS, IG_GAP),
             targets={label(*IG_GAP): 19.0}),
     Setting("fedavg-bntrain-b4", "flatten", 4, FEDAVG, FEDAVG_ATTACKS, mixed=True),
     Setting("fedavg-adam-b4", "flatten", 4, FEDAVG_ADAM,
-            (("inverting-gradients", ONE), ("bn-fedavg", {})), mixed=True,
-            above_flat={IG1: ABOVE_FLAT_DB, "bn-fedavg": ABOVE_FLAT_DB}),
+            (("inverting-gradients", {}), ("bn-fedavg", {})), mixed=True,
+            above_flat={"inverting-gradients": ABOVE_FLAT_DB, "bn-fedavg": ABOVE_FLAT_DB}),
 )
 # seed 000's claim: bn-fedavg beats IG with the pseudo-gradient by this much at equal iterations
-BN_MARGIN = ("fedavg-bntrain-b4", "bn-fedavg", label(IG, {**ONE, "fedavg": "pseudo-gradient"}),
-             2.0)
+BN_MARGIN = ("fedavg-bntrain-b4", "bn-fedavg", label(IG, {"fedavg": "pseudo-gradient"}), 2.0)
 
 
 SHORT = {"inverting-gradients": "IG", "gradinversion": "GI"}
@@ -128,8 +118,7 @@ SHORT = {"inverting-gradients": "IG", "gradinversion": "GI"}
 
 def short_label(name: str, options: dict[str, Any]) -> str:
     """Row title for the grid: 'IG replay' rather than the full option list."""
-    shown = [str(v) for k, v in options.items() if k not in ONE or ONE[k] != v]
-    return " ".join([SHORT.get(name, name), *shown])
+    return " ".join([SHORT.get(name, name), *(str(v) for v in options.values())])
 
 
 def victim(head: str) -> torch.nn.Module:

@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--iterations", type=int, default=None,
-                    help="per restart (default: the attack's own; the tables before the "
-                         "8-restart default used 1000 with restarts=1 tv_decay=1)")
+                    help="per restart (default: the attack's own, 1,000 for "
+                         "inverting-gradients)")
     ap.add_argument("--variants", nargs="+", default=[""],
                     help='option strings, e.g. "" (the default) "feature_match=1 lr=0.03"')
     args = ap.parse_args(argv)

@@ -170,9 +170,9 @@ def breaching_rows(victim: Any, iterations: int, threads: int = 1,
                    variants: tuple[str, ...] = ()) -> list[Row]:
     """breaching (shared harness) and fedleak IG defaults on the same problem, 4 settings.
 
-    breaching runs ``iterations``; fedleak its own defaults (8 restarts x 250 iterations), or
-    what a variant sets ("restarts=1 iterations=1000 tv_decay=1": the earlier default). Both
-    run on ``threads`` threads (breaching in its own venv through the harness's
+    breaching runs ``iterations``; fedleak its own defaults, or what a variant sets (e.g.
+    "restarts=8 iterations=250 select=mean tv_decay=0": the restarts' consensus). Both run on
+    ``threads`` threads (breaching in its own venv through the harness's
     ``run_breaching_threads.py``, reused from ``breaching_side_by_side.run_breaching``). Each
     fedleak row also says at which iteration, and after how many seconds, fedleak first
     reached breaching's PSNR (search included). ``variants`` adds fedleak runs with other

@@ -90,7 +90,7 @@ def test_self_check_withholds_exactly_the_updates_above_threshold(tmp_path):
     cfg = load_config(
         None,
         [*SMALL, "audit.clients=[0]", "selfcheck.enabled=true", "selfcheck.rdlv_threshold=null",
-         "selfcheck.ssim_threshold=0.03", 'selfcheck.options={"iterations": 8, "restarts": 1}'],
+         "selfcheck.ssim_threshold=0.03", 'selfcheck.options={"iterations": 8}'],
     )
     run_audit(cfg, tmp_path / "sc")
     checks = read_jsonl(tmp_path / "sc" / "selfcheck.jsonl")

@@ -72,12 +72,12 @@ SMALL = {
         "train": {"protocol": "fedavg", "lr": 0.05, "local_epochs": 1, "bn_mode": "train"},
     },
     "filters": [{"name": "gaussian", "options": {"sigma0": 0.05}}],
-    "audit": {"clients": "all", "options": {"iterations": 4, "restarts": 1}},
+    "audit": {"clients": "all", "options": {"iterations": 4}},
     "selfcheck": {
         "enabled": True,
         "rdlv_threshold": None,
         "ssim_threshold": 0.03,
-        "options": {"iterations": 4, "restarts": 1},  # the scenario above: one restart
+        "options": {"iterations": 4},
     },
 }
 

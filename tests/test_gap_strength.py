@@ -30,9 +30,8 @@ def _problem(head: str, n: int = 1) -> tuple[nn.Module, torch.Tensor, torch.Tens
 
 def _psnr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **opts: object) -> float:
     update = fedleak.observe(model, x, y, bn_mode="eval")
-    base = {"iterations": 200, "restarts": 1, "tv_decay": 1.0}  # one restart: the option's effect
     rec = fedleak.attack("inverting-gradients", model, update, threat=ThreatModel(labels=y),
-                         **{**base, **opts})
+                         iterations=200, **opts)
     return fedleak.score(rec, x)["psnr"]
 
 
@@ -98,6 +97,19 @@ def test_tv_decay_and_warmup_change_the_run() -> None:
     base = _psnr(model, x, y)
     assert _psnr(model, x, y, tv_decay=0.0) != base
     assert _psnr(model, x, y, warmup=20) != base
+
+
+def test_fit_check_judges_the_objective_the_decayed_run_ended_on() -> None:
+    """With tv_decay=0 the run ends on the matching term alone; the fit check must too (with
+    the full TV a smooth result would look fitted against the truth's larger TV)."""
+    model, x, y = _problem("gap")
+    update = fedleak.observe(model, x, y, bn_mode="eval")
+    rec = fedleak.attack("inverting-gradients", model, update, threat=ThreatModel(labels=y),
+                         iterations=16, tv=0.5, tv_decay=0.0, truth=(x, y))
+    assert rec.fit.attack_objective == pytest.approx(rec.restart_losses[rec.best_restart],
+                                                     rel=1e-4, abs=1e-7)
+    assert rec.fit.attack_objective == pytest.approx(rec.fit.attack_residual, rel=1e-6)
+    assert rec.fit.truth_objective == pytest.approx(0.0, abs=1e-6)  # matching alone, no TV
 
 
 def test_latent_variant_refuses_the_new_options_it_does_not_run() -> None:

@@ -10,7 +10,6 @@ import fedleak
 from fedleak.attacks.simulate import UpdateSimulator
 from fedleak.defenses import make_training_defense
 from fedleak.defenses.knowledge import (
-    ONE_RESTART,
     attack_for,
     attacker_model,
     client_noise,
@@ -56,17 +55,14 @@ def test_none_attacker_replays_without_the_clients_noise():
     with torch.no_grad():  # the replayed function is encoder -> predictor, nothing added
         assert torch.equal(view(x), view.predictor(view.encoder(x)))
         assert not torch.allclose(model.eval()(x), view(x))
-    # every attacker of a study runs one restart unless configured (the adaptive one must)
-    assert attack_for("none", "inverting-gradients", IG) == (
-        "inverting-gradients", {**ONE_RESTART, **IG})
-    assert attack_for("none", "inverting-gradients", {**IG, "restarts": 4})[1]["restarts"] == 4
+    assert attack_for("none", "inverting-gradients", IG) == ("inverting-gradients", IG)
 
 
 def test_exact_attacker_reproduces_the_previous_behaviour():
     defense, model, x, y, u = _setup()
     # before the knowledge option, the attack replayed the probe's global model as it was
     before = fedleak.attack("inverting-gradients", model, u, threat=ThreatModel("C", labels=y),
-                            num_images=4, seed=0, **ONE_RESTART, **IG)
+                            num_images=4, seed=0, **IG)
     exact = _attack("exact", defense, model, u, y)
     assert torch.equal(before.images, exact.images)
     assert before.restart_losses == exact.restart_losses

@@ -649,179 +649,23 @@ ATTACKS: Any = [
         'options': [
             [
                 'iterations',
-                '250',
-                'Adam steps per restart (the paper: 4,800-24,000 in one restart).',
-            ],
-            [
-                'restarts',
-                '8',
-                (
-                    'R trials run batched. Default 8 x 250 iterations with ``select="mean"`` '
-                    'and ``tv_decay=0``: on the issue-16 rows (3 seeds, docs/attacks.md) it '
-                    'beat one restart of 1,000 iterations everywhere (flatten 1 / 4: 49.0 -> '
-                    '61.5, 18.7 -> 19.5 dB; GAP 1 / 4: 18.9 -> 20.2, 14.3 -> 17.1) for '
-                    '1.6-1.8x the CPU time; on a GPU the restarts run side by side, so it '
-                    'takes a quarter of the sequential steps. ``restarts=1`` (select then '
-                    '"loss") for the single sharpest run: the mean is smoother (flatten 4: '
-                    'SSIM 0.70 against 0.86 at a higher PSNR).'
-                ),
-            ],
-            ['lr', '0.1', 'optimizer step size'],
-            ['signed', 'True', "Adam on the sign of the gradient (Inverting Gradients' trick)"],
-            [
-                'schedule',
-                "'step'",
-                (
-                    "learning-rate schedule: 'step' (x0.1 at 3/8, 5/8, 7/8), 'cosine' or "
-                    "'constant'"
-                ),
-            ],
-            [
-                'tv',
-                '0.01',
-                (
-                    'total-variation weight (mean absolute neighbour difference of [0, 1] '
-                    'images). Measured at 1,000 iterations (lfw-faces 32x32, ConvNet) for tv '
-                    '1e-4 / 1e-3 / 1e-2: batch 4 17.3 / 20.7 / 23.4 dB, batch 1 63 / 58 / 49 '
-                    "dB: 1e-2 keeps batches apart at little cost for one image. Geiping's "
-                    'repos used 1e-4 (CIFAR) to 0.1-0.2. Issue 16 (labels granted, '
-                    'docs/attacks.md): tv 0 beat 1e-2 by 12-14 dB at batch 1 on the flatten '
-                    'head; elsewhere the order changes with the seed and the device. '
-                    '``"auto"``: every weight of ``tv_grid`` starts as its own restart(s); '
-                    'after ``search_fraction`` of the run only the one with the lowest '
-                    'gradient-matching term (cosine distance, TV left out) goes on '
-                    '(:mod:`fedleak.attacks.autotune`); ``rec.extras["tv"]`` says which weight '
-                    'won. ``restarts`` then counts per weight, and ``select_after`` is '
-                    'replaced by ``search_fraction``. Measured: not better than 1e-2 at batch '
-                    '1 (it chose 1e-2; docs/attacks.md), so not the default.'
-                ),
-            ],
-            [
-                'init',
-                "'random'",
-                (
-                    '"random" (uniform), "randn" (standard normal, clamped into the box after '
-                    'the first step), "constant" (0.5 grey) or "prior" (threat.prior). Beware: '
-                    '0.5 grey is a stationary point (all gradients zero) of models that '
-                    'normalize with mean 0.5 and have bias-free conv + BN layers, such as '
-                    "fedleak's ConvNet."
-                ),
-            ],
-            [
-                'layers',
-                'None',
-                'None (all tensors) or parameter-name prefixes / tensor indices to match.',
-            ],
-            [
-                'layer_weights',
-                "'equal'",
-                '"equal" or "linear" (first layer 1, decaying), as in Geiping\'s code.',
-            ],
-            [
-                'fedavg',
-                "'replay'",
-                '"replay" (re-run the client\'s local steps) or "pseudo-gradient".',
-            ],
-            [
-                'select',
-                'None',
-                (
-                    'which restart to return: "loss" (lowest attack loss), "consistency" (the '
-                    'restart closest to the others) or "mean" (not one restart: the pixel mean '
-                    'of all finite restarts, paired to the lowest-loss one; '
-                    ':mod:`fedleak.attacks.selection`). Default (None): "mean" when several '
-                    'restarts run to the end, else "loss" (one restart, or ``select_after`` / '
-                    '``tv="auto"``, which stop all but one early).'
-                ),
-            ],
-            [
-                'select_after',
-                'None',
-                (
-                    'None (every restart runs to the end) or a fraction in (0, 1): after that '
-                    'share of the iterations only the restart with the lowest attack loss goes '
-                    'on. On one CPU thread R restarts cost ~R runs (compute-bound); '
-                    'select_after=0.125 makes 4 restarts cost ~1.4 runs and keeps the '
-                    'lowest-loss start.'
-                ),
-            ],
-            ['tv_grid', '(0.0, 0.001, 0.01)', 'the candidate weights of ``tv="auto"``.'],
-            [
-                'search_fraction',
-                '0.25',
-                (
-                    'share of ``iterations`` that every ``tv="auto"`` candidate runs; the run '
-                    'then costs about len(tv_grid) x this + (1 - this) single runs.'
-                ),
-            ],
-            [
-                'feature_match',
-                '0.0',
-                (
-                    "weight of a term that matches the last Linear layer's rows dW[c] / db[c] "
-                    "(the layer's input features at batch 1, a mixture at batch B; "
-                    ':mod:`fedleak.attacks.features`) between candidate and update; 0: off. '
-                    "ConfigError when the model's last layer is not a Linear with bias. Issue "
-                    '16 (1,000 its, 3 seeds): flatten head batch 1 49.0 -> 58.2 dB; GAP head '
-                    'batch 1 18.9 -> 17.9 (the GAP features are already matched to ~2 %): not '
-                    'the default.'
-                ),
-            ],
-            [
-                'feature_metric',
-                "'l2'",
-                '"l2" (relative squared error, keeps the scale) or "cosine".',
-            ],
-            [
-                'warmup',
-                '0',
-                (
-                    'iterations of linear step-size warm-up at the start (0: none). '
-                    'layer_weights "norm": every tensor scaled to unit norm on the update\'s '
-                    'side (:func:`norm_weights`); GAP head batch 1: 15.6 dB against 18.9 '
-                    '(measured, worse).'
-                ),
-            ],
-            [
-                'tv_decay',
-                'None',
-                (
-                    "the TV weight is multiplied by this at each of the step schedule's decays "
-                    '(3/8, 5/8, 7/8); 0 keeps TV for the first 3/8 only. Issue 16 (3 seeds, '
-                    'one restart of 1,000 its): flatten 1 49.0 -> 60.3 dB (with '
-                    'feature_match=1: 76.9), GAP 1 18.9 -> 19.6, GAP 4 14.3 -> 14.4, flatten 4 '
-                    '18.7 -> 18.3; with the consensus +0.6 dB on GAP 1. Default (None): 0, or '
-                    '1 with ``tv="auto"`` (whose search does not follow the decays).'
-                ),
-            ],
-        ],
-    },
-    {
-        'name': 'inverting-gradients-latent',
-        'summary': (
-            'Inverting Gradients against a latent-noise client, for an attacker who lacks the '
-            'noise.'
-        ),
-        'requires': ['architecture', 'training_details'],
-        'level': 'C',
-        'options': [
-            [
-                'iterations',
                 '1000',
-                'Adam steps per restart (the paper: 4,800-24,000 in one restart).',
+                (
+                    'Adam steps per restart (the paper: 4,800-24,000; 1,000 is the CPU-sized '
+                    'default).'
+                ),
             ],
             [
                 'restarts',
                 '1',
                 (
-                    'R trials run batched. Default 8 x 250 iterations with ``select="mean"`` '
-                    'and ``tv_decay=0``: on the issue-16 rows (3 seeds, docs/attacks.md) it '
-                    'beat one restart of 1,000 iterations everywhere (flatten 1 / 4: 49.0 -> '
-                    '61.5, 18.7 -> 19.5 dB; GAP 1 / 4: 18.9 -> 20.2, 14.3 -> 17.1) for '
-                    '1.6-1.8x the CPU time; on a GPU the restarts run side by side, so it '
-                    'takes a quarter of the sequential steps. ``restarts=1`` (select then '
-                    '"loss") for the single sharpest run: the mean is smoother (flatten 4: '
-                    'SSIM 0.70 against 0.86 at a higher PSNR).'
+                    'R trials run batched; the lowest final attack loss wins (``select``). '
+                    '``restarts=8 iterations=250 select="mean" tv_decay=0`` beat the default '
+                    'on the four FedSGD rows of issue 16 (3 seeds: flatten 1 / 4 49.0 -> 61.5, '
+                    '18.7 -> 19.5 dB; GAP 1 / 4 18.9 -> 20.2, 14.3 -> 17.1) for 1.6-1.8x the '
+                    'CPU time, but 250 iterations do not converge on a FedAvg client with BN '
+                    'in train mode (one image: 34.2 / 38.4 dB -> 16.4 / 21.0), so it is not '
+                    'the default (docs/attacks.md).'
                 ),
             ],
             ['lr', '0.1', 'optimizer step size'],
@@ -887,9 +731,9 @@ ATTACKS: Any = [
                     'which restart to return: "loss" (lowest attack loss), "consistency" (the '
                     'restart closest to the others) or "mean" (not one restart: the pixel mean '
                     'of all finite restarts, paired to the lowest-loss one; '
-                    ':mod:`fedleak.attacks.selection`). Default (None): "mean" when several '
-                    'restarts run to the end, else "loss" (one restart, or ``select_after`` / '
-                    '``tv="auto"``, which stop all but one early).'
+                    ':mod:`fedleak.attacks.selection`; checkpoints then show the consensus so '
+                    'far). With FedAvg replays whose restarts try different label spreads, a '
+                    "mean also averages in the wrong spreads' restarts."
                 ),
             ],
             [
@@ -945,11 +789,171 @@ ATTACKS: Any = [
                 '1.0',
                 (
                     "the TV weight is multiplied by this at each of the step schedule's decays "
-                    '(3/8, 5/8, 7/8); 0 keeps TV for the first 3/8 only. Issue 16 (3 seeds, '
-                    'one restart of 1,000 its): flatten 1 49.0 -> 60.3 dB (with '
-                    'feature_match=1: 76.9), GAP 1 18.9 -> 19.6, GAP 4 14.3 -> 14.4, flatten 4 '
-                    '18.7 -> 18.3; with the consensus +0.6 dB on GAP 1. Default (None): 0, or '
-                    '1 with ``tv="auto"`` (whose search does not follow the decays).'
+                    '(3/8, 5/8, 7/8); 0 keeps TV for the first 3/8 only. Issue 16 (3 seeds): '
+                    'flatten 1 49.0 -> 60.3 dB (with feature_match=1: 76.9), GAP 1 18.9 -> '
+                    '19.6, GAP 4 14.3 -> 14.4, flatten 4 18.7 -> 18.3; with the consensus +0.6 '
+                    'dB on GAP 1; 1 (no decay) stays the default. The fit check uses the '
+                    "weight of the run's last iteration."
+                ),
+            ],
+        ],
+    },
+    {
+        'name': 'inverting-gradients-latent',
+        'summary': (
+            'Inverting Gradients against a latent-noise client, for an attacker who lacks the '
+            'noise.'
+        ),
+        'requires': ['architecture', 'training_details'],
+        'level': 'C',
+        'options': [
+            [
+                'iterations',
+                '1000',
+                (
+                    'Adam steps per restart (the paper: 4,800-24,000; 1,000 is the CPU-sized '
+                    'default).'
+                ),
+            ],
+            [
+                'restarts',
+                '1',
+                (
+                    'R trials run batched; the lowest final attack loss wins (``select``). '
+                    '``restarts=8 iterations=250 select="mean" tv_decay=0`` beat the default '
+                    'on the four FedSGD rows of issue 16 (3 seeds: flatten 1 / 4 49.0 -> 61.5, '
+                    '18.7 -> 19.5 dB; GAP 1 / 4 18.9 -> 20.2, 14.3 -> 17.1) for 1.6-1.8x the '
+                    'CPU time, but 250 iterations do not converge on a FedAvg client with BN '
+                    'in train mode (one image: 34.2 / 38.4 dB -> 16.4 / 21.0), so it is not '
+                    'the default (docs/attacks.md).'
+                ),
+            ],
+            ['lr', '0.1', 'optimizer step size'],
+            ['signed', 'True', "Adam on the sign of the gradient (Inverting Gradients' trick)"],
+            [
+                'schedule',
+                "'step'",
+                (
+                    "learning-rate schedule: 'step' (x0.1 at 3/8, 5/8, 7/8), 'cosine' or "
+                    "'constant'"
+                ),
+            ],
+            [
+                'tv',
+                '0.01',
+                (
+                    'total-variation weight (mean absolute neighbour difference of [0, 1] '
+                    'images). Measured at 1,000 iterations (lfw-faces 32x32, ConvNet) for tv '
+                    '1e-4 / 1e-3 / 1e-2: batch 4 17.3 / 20.7 / 23.4 dB, batch 1 63 / 58 / 49 '
+                    "dB: 1e-2 keeps batches apart at little cost for one image. Geiping's "
+                    'repos used 1e-4 (CIFAR) to 0.1-0.2. Issue 16 (labels granted, '
+                    'docs/attacks.md): tv 0 beat 1e-2 by 12-14 dB at batch 1 on the flatten '
+                    'head; elsewhere the order changes with the seed and the device. '
+                    '``"auto"``: every weight of ``tv_grid`` starts as its own restart(s); '
+                    'after ``search_fraction`` of the run only the one with the lowest '
+                    'gradient-matching term (cosine distance, TV left out) goes on '
+                    '(:mod:`fedleak.attacks.autotune`); ``rec.extras["tv"]`` says which weight '
+                    'won. ``restarts`` then counts per weight, and ``select_after`` is '
+                    'replaced by ``search_fraction``. Measured: not better than 1e-2 at batch '
+                    '1 (it chose 1e-2; docs/attacks.md), so not the default.'
+                ),
+            ],
+            [
+                'init',
+                "'random'",
+                (
+                    '"random" (uniform), "randn" (standard normal, clamped into the box after '
+                    'the first step), "constant" (0.5 grey) or "prior" (threat.prior). Beware: '
+                    '0.5 grey is a stationary point (all gradients zero) of models that '
+                    'normalize with mean 0.5 and have bias-free conv + BN layers, such as '
+                    "fedleak's ConvNet."
+                ),
+            ],
+            [
+                'layers',
+                'None',
+                'None (all tensors) or parameter-name prefixes / tensor indices to match.',
+            ],
+            [
+                'layer_weights',
+                "'equal'",
+                '"equal" or "linear" (first layer 1, decaying), as in Geiping\'s code.',
+            ],
+            [
+                'fedavg',
+                "'replay'",
+                '"replay" (re-run the client\'s local steps) or "pseudo-gradient".',
+            ],
+            [
+                'select',
+                "'loss'",
+                (
+                    'which restart to return: "loss" (lowest attack loss), "consistency" (the '
+                    'restart closest to the others) or "mean" (not one restart: the pixel mean '
+                    'of all finite restarts, paired to the lowest-loss one; '
+                    ':mod:`fedleak.attacks.selection`; checkpoints then show the consensus so '
+                    'far). With FedAvg replays whose restarts try different label spreads, a '
+                    "mean also averages in the wrong spreads' restarts."
+                ),
+            ],
+            [
+                'select_after',
+                'None',
+                (
+                    'None (every restart runs to the end) or a fraction in (0, 1): after that '
+                    'share of the iterations only the restart with the lowest attack loss goes '
+                    'on. On one CPU thread R restarts cost ~R runs (compute-bound); '
+                    'select_after=0.125 makes 4 restarts cost ~1.4 runs and keeps the '
+                    'lowest-loss start.'
+                ),
+            ],
+            ['tv_grid', '(0.0, 0.001, 0.01)', 'the candidate weights of ``tv="auto"``.'],
+            [
+                'search_fraction',
+                '0.25',
+                (
+                    'share of ``iterations`` that every ``tv="auto"`` candidate runs; the run '
+                    'then costs about len(tv_grid) x this + (1 - this) single runs.'
+                ),
+            ],
+            [
+                'feature_match',
+                '0.0',
+                (
+                    "weight of a term that matches the last Linear layer's rows dW[c] / db[c] "
+                    "(the layer's input features at batch 1, a mixture at batch B; "
+                    ':mod:`fedleak.attacks.features`) between candidate and update; 0: off. '
+                    "ConfigError when the model's last layer is not a Linear with bias. Issue "
+                    '16 (1,000 its, 3 seeds): flatten head batch 1 49.0 -> 58.2 dB; GAP head '
+                    'batch 1 18.9 -> 17.9 (the GAP features are already matched to ~2 %): not '
+                    'the default.'
+                ),
+            ],
+            [
+                'feature_metric',
+                "'l2'",
+                '"l2" (relative squared error, keeps the scale) or "cosine".',
+            ],
+            [
+                'warmup',
+                '0',
+                (
+                    'iterations of linear step-size warm-up at the start (0: none). '
+                    'layer_weights "norm": every tensor scaled to unit norm on the update\'s '
+                    'side (:func:`norm_weights`); GAP head batch 1: 15.6 dB against 18.9 '
+                    '(measured, worse).'
+                ),
+            ],
+            [
+                'tv_decay',
+                '1.0',
+                (
+                    "the TV weight is multiplied by this at each of the step schedule's decays "
+                    '(3/8, 5/8, 7/8); 0 keeps TV for the first 3/8 only. Issue 16 (3 seeds): '
+                    'flatten 1 49.0 -> 60.3 dB (with feature_match=1: 76.9), GAP 1 18.9 -> '
+                    '19.6, GAP 4 14.3 -> 14.4, flatten 4 18.7 -> 18.3; with the consensus +0.6 '
+                    'dB on GAP 1; 1 (no decay) stays the default. The fit check uses the '
+                    "weight of the run's last iteration."
                 ),
             ],
             [

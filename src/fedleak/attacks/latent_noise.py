@@ -71,15 +71,9 @@ class LatentInvertingGradients(InvertingGradients):
             0, so without this the adaptive attacker scores below ``none`` on clients that
             add no noise. Costs a second run; ``extras["latent_pick"]`` says which won.
 
-    Needs ``restarts`` 1 for ``shift`` (one shift shared by the batch), so this attack keeps
-    one restart of 1,000 iterations, the lowest-loss pick and no TV decay as its defaults (not
-    Inverting Gradients' 8-restart consensus).
+    Needs ``restarts`` 1 for ``shift`` (one shift shared by the batch).
     """
 
-    iterations: int = 1000
-    restarts: int = 1
-    select: str | None = "loss"
-    tv_decay: float | None = 1.0
     latent: str = "shift"
     shift: str = "element"
     shift_lr: float = 1.0

@@ -99,23 +99,13 @@ def attacker_model(
     return net
 
 
-#: Inverting Gradients' options for every attacker of a defense study, unless configured: one
-#: restart, as the adaptive attacker's batch-wide latent shift needs, for all rows alike (they
-#: are compared, and the adaptive row reuses the ``none`` row's run as its fallback), not
-#: Inverting Gradients' own 8-restart consensus.
-ONE_RESTART = {"restarts": 1, "select": "loss", "tv_decay": 1.0}
-
-
 def attack_for(knowledge: str, name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The attack (name, options) of an attacker with ``knowledge``, from the configured one.
 
     ``distribution`` and ``adaptive`` need the noise-aware Inverting Gradients; ``none`` and
-    ``exact`` run the configured attack. Inverting Gradients runs :data:`ONE_RESTART` where
-    ``options`` do not say otherwise.
+    ``exact`` run the configured attack unchanged.
     """
     check_knowledge(knowledge)
-    if name in ("inverting-gradients", "inverting-gradients-latent"):
-        options = {**ONE_RESTART, **options}
     if knowledge in ("none", "exact"):
         return name, dict(options)
     if name not in ("inverting-gradients", "inverting-gradients-latent"):

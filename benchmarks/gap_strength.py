@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
                 for k, v in parse_variant(variant).items()}  # "signed=False" is a bool
         psnrs = []
         for seed in args.seeds:
-            r = fedleak_run(model, update, truth, labels, args.iterations, every=100,
-                            seed=seed, **opts)
+            its = opts.get("iterations", args.iterations)  # a variant's own count wins
+            rest = {k: v for k, v in opts.items() if k != "iterations"}
+            r = fedleak_run(model, update, truth, labels, its, every=100, seed=seed, **rest)
             psnrs.append(r["psnr"])
             each = r.get("restart_psnrs")
             spread = (f"; restarts {min(each):.2f}-{max(each):.2f}, best {max(each):.2f}"

@@ -305,18 +305,6 @@ def clamp_images(key: str = "images"):  # noqa: ANN201 - small closure factory
     return project
 
 
-def consensus_of(labels: torch.Tensor) -> Callable[[dict[str, torch.Tensor], torch.Tensor],
-                                                  torch.Tensor]:
-    """``optimize``'s ``summarize`` under ``select="mean"``: checkpoints show the consensus
-    around the lowest-loss restart so far, as the result will be, not one restart."""
-
-    def summarize(best: dict[str, torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
-        finite = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, torch.inf))
-        return consensus(best["images"], labels, losses, int(finite.argmin()))
-
-    return summarize
-
-
 def finish(
     attack: Attack,
     inputs: AttackInputs,
@@ -542,7 +530,9 @@ class InvertingGradients(Attack):
             chunk=restart_chunk(inputs, self.restarts), select_after=self.select_after,
             constants={"labels": y}, warmup=self.warmup,
             before_step=tv_step if self.tv_decay != 1.0 else None,
-            summarize=consensus_of(y) if self.select == "mean" else None,
+            # under "mean" checkpoints show the consensus so far, as the result will be
+            summarize=(lambda best, losses: consensus(best["images"], y, losses))
+            if self.select == "mean" else None,
         )
         self._tv_factor[0] = 1.0
         extras = {**setup.extras, "restarts": self.restarts, "init": self.init, "tv": self.tv,

@@ -73,12 +73,14 @@ def pick_restart(images: torch.Tensor, losses: torch.Tensor, select: str = "loss
     return cand[int(scores.argmin())]
 
 
-def consensus(images: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, ref: int
-              ) -> torch.Tensor:
+def consensus(images: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor,
+              ref: int | None = None) -> torch.Tensor:
     """The pixel mean (N, C, H, W) of the restarts ``images`` (R, N, C, H, W) with a finite
-    loss, each paired slot by slot to restart ``ref`` (Hungarian on MSE within equal labels:
-    ``labels`` (R, N), since a batch's order and, under replay, its label spread are
-    arbitrary)."""
+    loss, each paired slot by slot to restart ``ref`` (default: the lowest loss; Hungarian on
+    MSE within equal labels: ``labels`` (R, N), since a batch's order and, under replay, its
+    label spread are arbitrary)."""
+    if ref is None:
+        ref = pick_restart(images, losses, "loss")
     with torch.no_grad():
         x = images.detach().clamp(0, 1)
         base, base_y = x[ref], labels[ref]

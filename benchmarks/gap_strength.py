@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
             spread = (f"; restarts {min(each):.2f}-{max(each):.2f}, best {max(each):.2f}"
                       if each else "")
             print(f"  {args.head}-b{n} [{variant or 'default'}] seed {seed}: {r['psnr']:.2f} dB "
-                  f"(flat {r['flat']:.2f}{spread}) {r['seconds']:.0f} s", flush=True)
+                  f"(flat {r['flat']:.2f}{spread}; residual {r['residual']:.2e}) "
+                  f"{r['seconds']:.0f} s", flush=True)
         print(f"{args.head}-b{n} [{variant or 'default'}]: mean {statistics.mean(psnrs):.2f} dB "
               f"({' / '.join(f'{p:.2f}' for p in psnrs)})", flush=True)
 

@@ -50,7 +50,8 @@ def _verdict(ok: bool) -> str:
 def _scored(rec: fedleak.Reconstruction, truth: torch.Tensor, seconds: float) -> dict[str, Any]:
     s = fedleak.score(rec, truth)
     out = {"psnr": s["psnr"], "ssim": s["ssim"], "flat": s["flat_psnr"], "seconds": seconds,
-           "iterations": rec.iterations}
+           "iterations": rec.iterations,
+           "residual": rec.fit.attack_residual if rec.fit is not None else float("nan")}
     if rec.restart_images is not None and len(rec.restart_images) > 1:  # each restart, scored
         out["restart_psnrs"] = [fedleak.score(x, truth)["psnr"] for x in rec.restart_images]
     return out

@@ -1,0 +1,105 @@
+"""Where Inverting Gradients ends when it starts at the truth plus noise (issue 16 diagnostic).
+
+Why: on the global-average-pool rows no setting reaches the targets. This tells an optimizer
+that misses the truth's basin (a start at the truth stays there) from an update that does not
+pin the images (a start at the truth drifts away, to images that match the update as well or
+better). The truth start is an oracle for this diagnostic only: no attack is ever given it.
+``--start consensus`` starts instead from the restarts' consensus the attack reaches alone,
+to see whether fitting the update better brings it closer to the truth.
+Problem: the side-by-side one (``gap_strength.py``: untrained ConvNet 32-64-128-128, BN eval,
+the first lfw faces 32x32 grey, FedSGD, labels granted), 1 thread, 1 restart.
+
+    python benchmarks/oracle_start.py --head gap --batch 4 --sigma 0.05 \\
+        --variants "" "lr=0.01" "lr=0.01 tv=0"
+    python benchmarks/oracle_start.py --head gap --batch 4 --start consensus \\
+        --variants "lr=0.01 tv=0 iterations=500"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Iterator
+
+import torch
+from attack_quality import SIZE, victim
+from strength_rows import parse_variant
+
+import fedleak
+import fedleak.attacks.inverting as inverting
+from fedleak.data import load_dataset
+from fedleak.fl import ThreatModel
+
+
+@contextlib.contextmanager
+def started_at(images: torch.Tensor) -> Iterator[None]:
+    """Every restart of inverting-gradients starts at ``images`` (N, C, H, W) inside."""
+    original = inverting.initial_images
+
+    def start(inputs, init, restarts, who):  # noqa: ANN001, ANN202 - same signature
+        return images.to(inputs.device)[None].expand(restarts, *images.shape).clone()
+
+    inverting.initial_images = start
+    try:
+        yield
+    finally:
+        inverting.initial_images = original
+
+
+def lowpass(images: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """``images`` without their spatial frequencies above ``cutoff`` (cycles/pixel)."""
+    h, w = images.shape[-2:]
+    r = torch.fft.fftfreq(h)[:, None].pow(2).add(torch.fft.fftfreq(w)[None].pow(2)).sqrt()
+    return torch.fft.ifft2(torch.fft.fft2(images) * (r < cutoff)).real.clamp(0, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--head", default="gap", choices=["gap", "flatten"])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--sigma", type=float, default=0.05, help="noise std added to the truth")
+    ap.add_argument("--start", default="truth", choices=["truth", "coarse", "consensus"],
+                    help="truth + noise (the oracle), the truth's coarse part alone (spatial "
+                         "frequencies below --cutoff cycles/pixel), or the consensus of 8 "
+                         "restarts of 250 iterations (seed 0) that the attack reached without it")
+    ap.add_argument("--cutoff", type=float, default=0.07, help="for --start coarse")
+    ap.add_argument("--variants", nargs="+", default=[""],
+                    help='option strings, e.g. "" (the default) "lr=0.01 tv=0"')
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    faces = load_dataset("lfw-faces", size=SIZE, split="all")
+    faces = faces.images[faces.labels == 0]
+    model = victim(args.head)
+    n = args.batch
+    truth, labels = faces[:n].clone(), torch.zeros(n, dtype=torch.long)
+    update = fedleak.observe(model, truth, labels, bn_mode="eval")
+    if args.start == "truth":
+        noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+        x0 = (truth + args.sigma * noise).clamp(0, 1)
+        what = f"the truth + noise (sigma {args.sigma})"
+    elif args.start == "coarse":
+        x0, what = lowpass(truth, args.cutoff), f"the truth below {args.cutoff} cycles/pixel"
+    else:
+        first = fedleak.attack("inverting-gradients", model, update,
+                               threat=ThreatModel(labels=labels), truth=(truth, labels),
+                               restarts=8, iterations=250, select="mean", tv_decay=0)
+        x0, what = first.images, (f"the consensus of 8 x 250 (residual "
+                                  f"{first.fit.attack_residual:.2e})")
+    print(f"{args.head}-b{n}: start at {what}: {fedleak.score(x0, truth)['psnr']:.2f} dB",
+          flush=True)
+    for variant in args.variants:
+        opts = parse_variant(variant)
+        start = time.perf_counter()
+        with started_at(x0):
+            rec = fedleak.attack("inverting-gradients", model, update,
+                                 threat=ThreatModel(labels=labels), truth=(truth, labels), **opts)
+        fit = rec.fit
+        print(f"  [{variant or 'default'}] ends at {fedleak.score(rec, truth)['psnr']:.2f} dB; "
+              f"residual {fit.attack_residual:.2e}, objective {fit.attack_objective:.2e} "
+              f"(the truth's {fit.truth_objective:.2e}), {fit.verdict}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time.perf_counter() - start
             psnrs.append(fedleak.score(rec, x)["psnr"])
             print(f"  {args.client}-b{n} [{variant or 'default'}] seed {seed}: "
-                  f"{psnrs[-1]:.2f} dB, residual {rec.fit.attack_residual:.2e}, {seconds:.0f} s", flush=True)
+                  f"{psnrs[-1]:.2f} dB, residual {rec.fit.attack_residual:.2e}, "
+                  f"{seconds:.0f} s", flush=True)
         print(f"{args.client}-b{n} [{variant or 'default'}]: mean {statistics.mean(psnrs):.2f} "
               f"dB ({' / '.join(f'{p:.2f}' for p in psnrs)})", flush=True)
 

@@ -1,11 +1,12 @@
-"""Where Inverting Gradients ends when it starts at the truth plus noise (issue 16 diagnostic).
+"""Where Inverting Gradients ends from a start near the truth, or from its own consensus (16).
 
 Why: on the global-average-pool rows no setting reaches the targets. This tells an optimizer
 that misses the truth's basin (a start at the truth stays there) from an update that does not
 pin the images (a start at the truth drifts away, to images that match the update as well or
 better). The truth start is an oracle for this diagnostic only: no attack is ever given it.
-``--start consensus`` starts instead from the restarts' consensus the attack reaches alone,
-to see whether fitting the update better brings it closer to the truth.
+``--start coarse`` starts at the truth's coarse part alone (does the update lead the matching
+to the detail?); ``--start consensus`` from the restarts' consensus the attack reaches alone
+(does fitting the update better bring it closer to the truth?).
 Problem: the side-by-side one (``gap_strength.py``: untrained ConvNet 32-64-128-128, BN eval,
 the first lfw faces 32x32 grey, FedSGD, labels granted), 1 thread, 1 restart.
 

@@ -6,7 +6,9 @@ pin the images (a start at the truth drifts away, to images that match the updat
 better). The truth start is an oracle for this diagnostic only: no attack is ever given it.
 ``--start coarse`` starts at the truth's coarse part alone (does the update lead the matching
 to the detail?); ``--start consensus`` from the restarts' consensus the attack reaches alone
-(does fitting the update better bring it closer to the truth?).
+(does fitting the update better bring it closer to the truth?); ``--start random`` is the
+attack's own start. Each result also gets its error's energy per spatial-frequency band over the
+truth's (above 1: detail in the wrong place, worse than none).
 Problem: the side-by-side one (``gap_strength.py``: untrained ConvNet 32-64-128-128, BN eval,
 the first lfw faces 32x32 grey, FedSGD, labels granted), 1 thread, 1 restart.
 
@@ -55,15 +57,36 @@ def lowpass(images: torch.Tensor, cutoff: float) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(images) * (r < cutoff)).real.clamp(0, 1)
 
 
+BANDS = ((0.0, 0.07), (0.07, 0.15), (0.15, 0.3), (0.3, 1.0))
+
+
+def band_errors(images: torch.Tensor, truth: torch.Tensor) -> list[tuple[tuple, float]]:
+    """Per frequency band: the error's energy over the truth's own (its mean removed).
+
+    Below 1: the band is partly right; about 1: the band is missing; above 1: detail of the
+    right size in the wrong place (worse than none).
+    """
+    h, w = truth.shape[-2:]
+    r = torch.fft.fftfreq(h)[:, None].pow(2).add(torch.fft.fftfreq(w)[None].pow(2)).sqrt()
+    err = torch.fft.fft2(images - truth).abs().pow(2)
+    ref = torch.fft.fft2(truth - truth.mean((-2, -1), keepdim=True)).abs().pow(2)
+    out = []
+    for lo, hi in BANDS:
+        m = (r >= lo) & (r < hi)
+        out.append(((lo, hi), float(err[..., m].sum() / ref[..., m].sum())))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--head", default="gap", choices=["gap", "flatten"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--sigma", type=float, default=0.05, help="noise std added to the truth")
-    ap.add_argument("--start", default="truth", choices=["truth", "coarse", "consensus"],
+    ap.add_argument("--start", default="truth", choices=["truth", "coarse", "consensus", "random"],
                     help="truth + noise (the oracle), the truth's coarse part alone (spatial "
                          "frequencies below --cutoff cycles/pixel), or the consensus of 8 "
-                         "restarts of 250 iterations (seed 0) that the attack reached without it")
+                         "restarts of 250 iterations (seed 0) that the attack reached without "
+                         "it, or the attack's own random start (no oracle)")
     ap.add_argument("--cutoff", type=float, default=0.07, help="for --start coarse")
     ap.add_argument("--variants", nargs="+", default=[""],
                     help='option strings, e.g. "" (the default) "lr=0.01 tv=0"')
@@ -81,18 +104,21 @@ def main(argv: list[str] | None = None) -> None:
         what = f"the truth + noise (sigma {args.sigma})"
     elif args.start == "coarse":
         x0, what = lowpass(truth, args.cutoff), f"the truth below {args.cutoff} cycles/pixel"
-    else:
+    elif args.start == "consensus":
         first = fedleak.attack("inverting-gradients", model, update,
                                threat=ThreatModel(labels=labels), truth=(truth, labels),
                                restarts=8, iterations=250, select="mean", tv_decay=0)
         x0, what = first.images, (f"the consensus of 8 x 250 (residual "
                                   f"{first.fit.attack_residual:.2e})")
-    print(f"{args.head}-b{n}: start at {what}: {fedleak.score(x0, truth)['psnr']:.2f} dB",
+    else:
+        x0, what = None, "the attack's own random start"
+    print(f"{args.head}-b{n}: start at {what}"
+          + (f": {fedleak.score(x0, truth)['psnr']:.2f} dB" if x0 is not None else ""),
           flush=True)
     for variant in args.variants:
         opts = parse_variant(variant)
         start = time.perf_counter()
-        with started_at(x0):
+        with started_at(x0) if x0 is not None else contextlib.nullcontext():
             rec = fedleak.attack("inverting-gradients", model, update,
                                  threat=ThreatModel(labels=labels), truth=(truth, labels), **opts)
         fit = rec.fit
@@ -100,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
               f"residual {fit.attack_residual:.2e}, objective {fit.attack_objective:.2e} "
               f"(the truth's {fit.truth_objective:.2e}), {fit.verdict}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)
+        print("    error energy / the truth's, by spatial frequency (cycles/pixel): " + ", ".join(
+            f"{lo:g}-{hi:g} {ratio:.2f}" for (lo, hi), ratio in band_errors(rec.images, truth)),
+            flush=True)
 
 
 if __name__ == "__main__":

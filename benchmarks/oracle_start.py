@@ -88,16 +88,23 @@ def main(argv: list[str] | None = None) -> None:
                          "restarts of 250 iterations (seed 0) that the attack reached without "
                          "it, or the attack's own random start (no oracle)")
     ap.add_argument("--cutoff", type=float, default=0.07, help="for --start coarse")
-    ap.add_argument("--variants", nargs="+", default=[""],
-                    help='option strings, e.g. "" (the default) "lr=0.01 tv=0"')
+    ap.add_argument("--split", default="all", choices=["all", "test"],
+                    help="all: the side-by-side rows' faces; test: the test split's (the "
+                         "generative-prior row's)")
+    ap.add_argument("--variants", nargs="*", default=[""],
+                    help='option strings, e.g. "" (the default) "lr=0.01 tv=0"; none: print '
+                         "the truth's coarse parts only")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    faces = load_dataset("lfw-faces", size=SIZE, split="all")
+    faces = load_dataset("lfw-faces", size=SIZE, split=args.split)
     faces = faces.images[faces.labels == 0]
     model = victim(args.head)
     n = args.batch
     truth, labels = faces[:n].clone(), torch.zeros(n, dtype=torch.long)
     update = fedleak.observe(model, truth, labels, bn_mode="eval")
+    print("the truth without its spatial frequencies above c cycles/pixel scores: " + ", ".join(
+        f"c {c:g} {fedleak.score(lowpass(truth, c), truth)['psnr']:.2f} dB"
+        for c in (0.03, 0.05, 0.07, 0.1, 0.15, 0.2)), flush=True)
     if args.start == "truth":
         noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
         x0 = (truth + args.sigma * noise).clamp(0, 1)

@@ -36,12 +36,17 @@ from fedleak.fl import ThreatModel
 
 
 @contextlib.contextmanager
-def started_at(images: torch.Tensor) -> Iterator[None]:
-    """Every restart of inverting-gradients starts at ``images`` (N, C, H, W) inside."""
+def started_at(images: torch.Tensor, jitter: float = 0.0) -> Iterator[None]:
+    """Every restart of inverting-gradients starts at ``images`` (N, C, H, W) inside, each
+    plus its own Gaussian noise of std ``jitter`` (seeded; 0: all restarts start alike)."""
     original = inverting.initial_images
 
     def start(inputs, init, restarts, who):  # noqa: ANN001, ANN202 - same signature
-        return images.to(inputs.device)[None].expand(restarts, *images.shape).clone()
+        x = images[None].expand(restarts, *images.shape).clone()
+        if jitter:
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+            x = (x + jitter * noise).clamp(0, 1)
+        return x.to(inputs.device)
 
     inverting.initial_images = start
     try:
@@ -82,11 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head", default="gap", choices=["gap", "flatten"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--sigma", type=float, default=0.05, help="noise std added to the truth")
-    ap.add_argument("--start", default="truth", choices=["truth", "coarse", "consensus", "random"],
+    ap.add_argument("--start", default="truth",
+                    choices=["truth", "coarse", "consensus", "consensus-coarse", "random"],
                     help="truth + noise (the oracle), the truth's coarse part alone (spatial "
                          "frequencies below --cutoff cycles/pixel), or the consensus of 8 "
                          "restarts of 250 iterations (seed 0) that the attack reached without "
-                         "it, or the attack's own random start (no oracle)")
+                         "it (consensus-coarse: its coarse part), or the attack's own random "
+                         "start (no oracle)")
+    ap.add_argument("--jitter", type=float, default=0.0,
+                    help="each restart starts at the start plus its own noise of this std")
     ap.add_argument("--cutoff", type=float, default=0.07, help="for --start coarse")
     ap.add_argument("--split", default="all", choices=["all", "test"],
                     help="all: the side-by-side rows' faces; test: the test split's (the "
@@ -111,21 +120,25 @@ def main(argv: list[str] | None = None) -> None:
         what = f"the truth + noise (sigma {args.sigma})"
     elif args.start == "coarse":
         x0, what = lowpass(truth, args.cutoff), f"the truth below {args.cutoff} cycles/pixel"
-    elif args.start == "consensus":
+    elif args.start.startswith("consensus"):
         first = fedleak.attack("inverting-gradients", model, update,
                                threat=ThreatModel(labels=labels), truth=(truth, labels),
                                restarts=8, iterations=250, select="mean", tv_decay=0)
         x0, what = first.images, (f"the consensus of 8 x 250 (residual "
                                   f"{first.fit.attack_residual:.2e})")
+        if args.start == "consensus-coarse":
+            x0, what = lowpass(x0, args.cutoff), f"{what} below {args.cutoff} cycles/pixel"
     else:
         x0, what = None, "the attack's own random start"
+    if args.jitter:
+        what += f", each restart + noise {args.jitter:g}"
     print(f"{args.head}-b{n}: start at {what}"
           + (f": {fedleak.score(x0, truth)['psnr']:.2f} dB" if x0 is not None else ""),
           flush=True)
     for variant in args.variants:
         opts = parse_variant(variant)
         start = time.perf_counter()
-        with started_at(x0) if x0 is not None else contextlib.nullcontext():
+        with started_at(x0, args.jitter) if x0 is not None else contextlib.nullcontext():
             rec = fedleak.attack("inverting-gradients", model, update,
                                  threat=ThreatModel(labels=labels), truth=(truth, labels), **opts)
         fit = rec.fit

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         picks["residual"] = int(torch.tensor(residuals).argmin())  # matching alone, no TV
         scored = {s: psnrs[i] for s, i in picks.items()}
         # "mean" returns no restart but the consensus of all of them (labels granted: the same)
-        mean = consensus(stack, labels.expand(len(stack), -1), loss_t)
-        scored["mean"] = fedleak.score(mean, truth)["psnr"]
+        agreed = consensus(stack, labels.expand(len(stack), -1), loss_t)
+        scored["mean"] = fedleak.score(agreed, truth)["psnr"]
         best = max(psnrs)
         for s in rules:
             gaps[s].append(best - scored[s])

@@ -3,10 +3,11 @@
 import json
 
 import pytest
+import torch
 
 import fedleak
 from fedleak.audit import load_config, run_audit
-from fedleak.errors import ConfigError, DataError
+from fedleak.errors import ConfigError, DataError, InsufficientKnowledgeError
 from fedleak.report import read_jsonl
 
 SMALL = [
@@ -149,3 +150,48 @@ def test_diffusion_audit_scores_t_and_reuses_its_trained_prior(tmp_path):
     stamp = (out / "prior_model.pt").stat().st_mtime_ns
     run_audit(cfg, out, resume=True)
     assert (out / "prior_model.pt").stat().st_mtime_ns == stamp
+
+
+GENERATIVE = [
+    *SMALL[:2],
+    "federation.rounds=1",
+    'federation.clients=[{"images": 2, "batch_size": 2}]',
+    'federation.train={"protocol": "fedsgd", "lr": 0.05, "bn_mode": "eval"}',
+    "audit.attack=generative-prior",
+    "diffusion.prior_steps=3",
+    'audit.options={"phase1_iterations": 2, "iterations": 2, "restarts": 1, "ddim_steps": 2}',
+]
+
+
+def test_classification_audit_gives_generative_prior_a_prior_trained_once(tmp_path):
+    """generative-prior in a classification audit: level D, its prior trained on the public
+    split into the run folder (reused on resume), a user's prior checked before round 1."""
+    with pytest.raises(InsufficientKnowledgeError, match="surrogate_data"):
+        load_config(None, GENERATIVE)  # threat C: no public data for a prior
+    with pytest.raises(ConfigError, match="prior_steps"):
+        load_config(None, [*GENERATIVE, "audit.threat=D", "diffusion.prior_steps=0"])
+    with pytest.raises(ConfigError, match="selfcheck.options.prior_model"):
+        load_config(None, [*GENERATIVE, "audit.threat=D", "selfcheck.enabled=true",
+                           "selfcheck.attack=generative-prior", "selfcheck.ssim_threshold=0.5"])
+    cfg = load_config(None, [*GENERATIVE, "audit.threat=D"])
+    out = tmp_path / "gen"
+    run_audit(cfg, out)
+    (rec,) = read_jsonl(out / "leakage.jsonl")
+    assert rec["attack"] == "generative-prior" and rec["psnr"] is not None
+    assert (out / "prior_model.pt").is_file() and (out / rec["grid"]).is_file()
+    stamp = (out / "prior_model.pt").stat().st_mtime_ns
+    run_audit(cfg, out, resume=True)
+    assert (out / "prior_model.pt").stat().st_mtime_ns == stamp
+
+    # a user's prior that cannot make the clients' images stops the audit before round 1
+    from fedleak.diffusion import UNetConfig, save_model, train_prior
+
+    rgb = train_prior(torch.rand(4, 3, 8, 8), config=UNetConfig(
+        image_size=8, in_channels=3, channels=8, mults=(1, 2), groups=4, num_timesteps=16),
+        steps=1, batch_size=4)
+    save_model(rgb, tmp_path / "rgb.pt")
+    bad = load_config(None, [*GENERATIVE, "audit.threat=D",
+                             f'diffusion.prior_model="{tmp_path / "rgb.pt"}"'])
+    with pytest.raises(ConfigError, match="makes 3x8x8 images"):
+        run_audit(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "rounds.jsonl").exists()

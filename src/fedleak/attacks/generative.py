@@ -73,6 +73,23 @@ def prior_generator(
     return generate, k
 
 
+def check_prior_shape(
+    prior: torch.nn.Module, shape: tuple[int, ...], who: str
+) -> tuple[int, int]:
+    """The prior's (channels, size); a ConfigError unless it can make the clients' images
+    (as many channels, at most as large: a smaller prior is upsampled)."""
+    cfg = getattr(prior, "config", None)
+    size = getattr(cfg, "image_size", shape[1])
+    channels = getattr(cfg, "in_channels", shape[0])
+    if channels != shape[0] or size > min(shape[1:]):
+        raise ConfigError(
+            f"`prior_model` of {who} makes {channels}x{size}x{size} images; the clients' are "
+            f"{'x'.join(map(str, shape))}: train the prior on public images with as many "
+            "channels, at most as large."
+        )
+    return channels, size
+
+
 @register_attack("generative-prior")
 @dataclass(frozen=True)
 class GenerativePrior(Attack):
@@ -146,15 +163,7 @@ class GenerativePrior(Attack):
         start = time.perf_counter()
         prior = resolve_prior(self.prior_model, f"attack {self.name!r}")
         r, n, shape = self.restarts, inputs.num_images, inputs.image_shape
-        cfg = getattr(prior, "config", None)
-        size = getattr(cfg, "image_size", shape[1])
-        channels = getattr(cfg, "in_channels", shape[0])
-        if channels != shape[0] or size > min(shape[1:]):
-            raise ConfigError(
-                f"`prior_model` of attack {self.name!r} makes {channels}x{size}x{size} images; "
-                f"the clients' are {'x'.join(map(str, shape))}: train the prior on public images "
-                "with as many channels, at most as large."
-            )
+        channels, size = check_prior_shape(prior, shape, f"attack {self.name!r}")
         generate, k = prior_generator(prior, self.ddim_steps, tuple(shape[1:]))
         objective, y, extras = self._objective(inputs, r)
         gen = inputs.generator()

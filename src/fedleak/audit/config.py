@@ -182,6 +182,7 @@ class AuditConfig:
         self.engine.validate(("local", "ray", "flower"))
         if not diffusion:
             self._validate_training()
+            self._validate_generative()
         self._validate_attacks()
         return self
 
@@ -251,6 +252,19 @@ class AuditConfig:
                 raise ConfigError(f"`{where}`: {exc}") from None
             needs = set(cls.requires) - {"labels"}  # labels are granted or recovered
             threat.check(needs, f"`{where}.attack` {name!r}")
+
+    def _validate_generative(self) -> None:
+        """generative-prior in a classification audit: the prior it gets (runner)."""
+        if self.audit.attack == "generative-prior" and self.diffusion.prior_steps < 1:
+            raise ConfigError(
+                f"`diffusion.prior_steps` must be >= 1; got {self.diffusion.prior_steps}."
+            )
+        sc = self.selfcheck
+        if sc.enabled and sc.attack == "generative-prior" and "prior_model" not in sc.options:
+            raise ConfigError(
+                "the self-check's 'generative-prior' needs `selfcheck.options.prior_model`: "
+                "the path of a prior written by fedleak.diffusion.save_model."
+            )
 
     def _validate_diffusion(self) -> None:
         dif, aud = self.diffusion, self.audit

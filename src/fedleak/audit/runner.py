@@ -82,6 +82,35 @@ def load_prior(spec: str, public: ImageDataset) -> torch.Tensor | None:
     return resize(to_channels(img[:, :3] if img.shape[1] > 3 else img, c), (h, w))[0]
 
 
+def generative_prior_options(
+    cfg: AuditConfig, public: ImageDataset, out: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """``{"prior_model": ...}`` for a classification audit whose attack is generative-prior.
+
+    The attacker's DDPM prior (threat level D): the user's saved model (``prior_model`` in
+    ``audit.options``, or ``diffusion.prior_model``), else one trained on the public split with
+    ``diffusion.schedule``, ``prediction`` and ``prior_steps`` and kept in the run folder, so
+    that a resume reuses it. Loaded and checked against the clients' image shape here, before
+    the federation starts. Empty for every other attack.
+    """
+    if cfg.audit.attack != "generative-prior":
+        return {}
+    from fedleak.attacks.generative import check_prior_shape
+    from fedleak.diffusion import load_model, prior_for
+
+    dif, given = cfg.diffusion, cfg.audit.options.get("prior_model")
+    if given is None and dif.prior_model is None:  # trained once, reused on resume
+        prior = prior_for(
+            None, public.images, cache=out / "prior_model.pt", schedule=dif.schedule,
+            prediction=dif.prediction, steps=dif.prior_steps, seed=cfg.seed,
+            flip=cfg.data.name == "lfw-faces", log=log, device=resolve_device(cfg.device),
+        )
+    else:  # the user's file: any schedule (the attack samples with the prior's own)
+        prior = load_model(given if given is not None else dif.prior_model)
+    check_prior_shape(prior, public.image_shape, "attack 'generative-prior'")
+    return {"prior_model": prior}
+
+
 def _diffusion_federation(
     cfg: AuditConfig,
     train: ImageDataset,
@@ -394,7 +423,8 @@ def _run_audit(
             num_classes=train.num_classes,
             **cfg.model.options,
         )
-        trainer, evaluate, extra = local_update, None, {}
+        trainer, evaluate = local_update, None
+        extra = generative_prior_options(cfg, public, out, log)
     model.to(resolve_device(cfg.device))  # clients train and attacks run where the model is
     attack_options = {**aud.options, **extra}
     prior = load_prior(aud.prior, public)

@@ -11,6 +11,7 @@ before any Flower mods passed in ``mods``. :func:`serve_audit` is the ServerApp'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from fedleak.audit.runner import (
     check_resume,
     client_training,
     federation_data,
+    generative_prior_options,
     load_prior,
     restore_rounds,
 )
@@ -256,6 +258,9 @@ def serve_audit(
     checks = [r for r in read_jsonl(out / "selfcheck.jsonl") if r["round"] < start_round]
     (out / "selfcheck.jsonl").write_text("".join(json.dumps(r) + "\n" for r in checks))
     done = {(r["round"], r["client"]) for r in read_jsonl(out / "leakage.jsonl")}
+    extra = generative_prior_options(cfg, fed.public, out, log)  # its prior, before round 1
+    schedule = (dataclasses.replace(cfg.audit, options={**cfg.audit.options, **extra})
+                if extra else cfg.audit)
 
     strategy = AuditStrategy(
         SeededFedAvg(
@@ -266,7 +271,7 @@ def serve_audit(
             timeout=timeout,
         ),
         model_fn=fed.model,
-        schedule=cfg.audit,
+        schedule=schedule,
         truth=fed.client_data if score else None,
         prior=fed.prior,
         out=out,

@@ -95,19 +95,21 @@ def generative_prior_options(
     """
     if cfg.audit.attack != "generative-prior":
         return {}
+    from fedleak.attacks.diffusion import resolve_prior
     from fedleak.attacks.generative import check_prior_shape
-    from fedleak.diffusion import load_model, prior_for
+    from fedleak.diffusion import prior_for
 
-    dif, given = cfg.diffusion, cfg.audit.options.get("prior_model")
-    if given is None and dif.prior_model is None:  # trained once, reused on resume
+    dif, who = cfg.diffusion, "attack 'generative-prior'"
+    given = cfg.audit.options.get("prior_model", dif.prior_model)
+    if given is None:  # trained once, reused on resume
         prior = prior_for(
             None, public.images, cache=out / "prior_model.pt", schedule=dif.schedule,
             prediction=dif.prediction, steps=dif.prior_steps, seed=cfg.seed,
             flip=cfg.data.name == "lfw-faces", log=log, device=resolve_device(cfg.device),
         )
-    else:  # the user's file: any schedule (the attack samples with the prior's own)
-        prior = load_model(given if given is not None else dif.prior_model)
-    check_prior_shape(prior, public.image_shape, "attack 'generative-prior'")
+    else:  # the user's file or module: any schedule (the attack samples with the prior's own)
+        prior = resolve_prior(given, who)
+    check_prior_shape(prior, public.image_shape, who)
     return {"prior_model": prior}
 
 

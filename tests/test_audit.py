@@ -183,8 +183,17 @@ def test_classification_audit_gives_generative_prior_a_prior_trained_once(tmp_pa
     run_audit(cfg, out, resume=True)
     assert (out / "prior_model.pt").stat().st_mtime_ns == stamp
 
+    from fedleak.diffusion import UNetConfig, load_model, save_model, train_prior
+
+    # a user's prior file given in the attack's options is used, not trained again
+    save_model(load_model(out / "prior_model.pt"), tmp_path / "mine.pt")
+    mine = load_config(None, [*GENERATIVE, "audit.threat=D"])
+    mine.audit.options = {**mine.audit.options, "prior_model": str(tmp_path / "mine.pt")}
+    run_audit(mine, tmp_path / "mine")
+    assert read_jsonl(tmp_path / "mine" / "leakage.jsonl")
+    assert not (tmp_path / "mine" / "prior_model.pt").exists()
+
     # a user's prior that cannot make the clients' images stops the audit before round 1
-    from fedleak.diffusion import UNetConfig, save_model, train_prior
 
     rgb = train_prior(torch.rand(4, 3, 8, 8), config=UNetConfig(
         image_size=8, in_channels=3, channels=8, mults=(1, 2), groups=4, num_timesteps=16),

@@ -107,7 +107,7 @@ def generative_prior_options(
             prediction=dif.prediction, steps=dif.prior_steps, seed=cfg.seed,
             flip=cfg.data.name == "lfw-faces", log=log, device=resolve_device(cfg.device),
         )
-    else:  # the user's file or module: any schedule (the attack samples with the prior's own)
+    else:  # the user's file: any schedule (the attack samples with the prior's own)
         prior = resolve_prior(given, who)
     check_prior_shape(prior, public.image_shape, who)
     return {"prior_model": prior}

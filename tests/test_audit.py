@@ -192,6 +192,11 @@ def test_classification_audit_gives_generative_prior_a_prior_trained_once(tmp_pa
     run_audit(mine, tmp_path / "mine")
     assert read_jsonl(tmp_path / "mine" / "leakage.jsonl")
     assert not (tmp_path / "mine" / "prior_model.pt").exists()
+    # a module there could not be recorded in config.json: one line, before anything runs
+    mine.audit.options = {**mine.audit.options, "prior_model": load_model(tmp_path / "mine.pt")}
+    with pytest.raises(ConfigError, match="must be JSON values"):
+        run_audit(mine, tmp_path / "module")
+    assert not (tmp_path / "module").exists()
 
     # a user's prior that cannot make the clients' images stops the audit before round 1
 

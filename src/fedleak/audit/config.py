@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -250,6 +251,13 @@ class AuditConfig:
                 threat = ThreatModel(level=level)
             except ConfigError as exc:
                 raise ConfigError(f"`{where}`: {exc}") from None
+            try:  # the run folder's config.json records them
+                json.dumps(options)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"`{where}.options` must be JSON values (numbers, strings, lists, objects), "
+                    f"since config.json records them; pass files as paths ({exc})."
+                ) from None
             needs = set(cls.requires) - {"labels"}  # labels are granted or recovered
             threat.check(needs, f"`{where}.attack` {name!r}")
 

@@ -378,6 +378,7 @@ def run_audit(
     ``progress_factory(label, iterations)``: a bar per attack (local engine); ``status``:
     called with the engine's :class:`~fedleak.engines.EngineStatus` as attacks end.
     """
+    cfg.validate()  # a config changed after load_config is checked too, before anything runs
     check_resume(Path(out), cfg, resume)  # before a Ray starts
     with RunLock(out):  # one run per folder
         if cfg.engine.name == "flower":

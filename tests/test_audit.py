@@ -199,7 +199,6 @@ def test_classification_audit_gives_generative_prior_a_prior_trained_once(tmp_pa
     assert not (tmp_path / "module").exists()
 
     # a user's prior that cannot make the clients' images stops the audit before round 1
-
     rgb = train_prior(torch.rand(4, 3, 8, 8), config=UNetConfig(
         image_size=8, in_channels=3, channels=8, mults=(1, 2), groups=4, num_timesteps=16),
         steps=1, batch_size=4)

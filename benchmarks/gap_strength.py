@@ -14,11 +14,10 @@ PSNR is not rerun here (it is deterministic on 1 thread: see ``attack_quality.py
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 from attack_quality import SIZE, victim
-from strength_rows import fedleak_run, parse_variant
+from strength_rows import fedleak_run, parse_variant, print_mean
 
 import fedleak
 from fedleak.data import load_dataset
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {args.head}-b{n} [{variant or 'default'}] seed {seed}: {r['psnr']:.2f} dB "
                   f"(flat {r['flat']:.2f}{spread}; residual {r['residual']:.2e}) "
                   f"{r['seconds']:.0f} s", flush=True)
-        print(f"{args.head}-b{n} [{variant or 'default'}]: mean {statistics.mean(psnrs):.2f} dB "
-              f"({' / '.join(f'{p:.2f}' for p in psnrs)})", flush=True)
+        print_mean(f"{args.head}-b{n}", variant, psnrs)
 
 
 if __name__ == "__main__":

@@ -55,10 +55,14 @@ def started_at(images: torch.Tensor, jitter: float = 0.0) -> Iterator[None]:
         inverting.initial_images = original
 
 
+def radius(h: int, w: int) -> torch.Tensor:
+    """Each 2-D FFT bin's spatial frequency (cycles/pixel), (h, w)."""
+    return torch.fft.fftfreq(h)[:, None].pow(2).add(torch.fft.fftfreq(w)[None].pow(2)).sqrt()
+
+
 def lowpass(images: torch.Tensor, cutoff: float) -> torch.Tensor:
     """``images`` without their spatial frequencies above ``cutoff`` (cycles/pixel)."""
-    h, w = images.shape[-2:]
-    r = torch.fft.fftfreq(h)[:, None].pow(2).add(torch.fft.fftfreq(w)[None].pow(2)).sqrt()
+    r = radius(*images.shape[-2:])
     return torch.fft.ifft2(torch.fft.fft2(images) * (r < cutoff)).real.clamp(0, 1)
 
 
@@ -71,8 +75,7 @@ def band_errors(images: torch.Tensor, truth: torch.Tensor) -> list[tuple[tuple, 
     Below 1: the band is partly right; about 1: the band is missing; above 1: detail of the
     right size in the wrong place (worse than none).
     """
-    h, w = truth.shape[-2:]
-    r = torch.fft.fftfreq(h)[:, None].pow(2).add(torch.fft.fftfreq(w)[None].pow(2)).sqrt()
+    r = radius(*truth.shape[-2:])
     err = torch.fft.fft2(images - truth).abs().pow(2)
     ref = torch.fft.fft2(truth - truth.mean((-2, -1), keepdim=True)).abs().pow(2)
     out = []

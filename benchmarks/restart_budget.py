@@ -18,11 +18,10 @@ truth scores the result only.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
-from strength_rows import parse_variant
+from strength_rows import parse_variant, print_mean
 
 import fedleak
 from fedleak.data import load_dataset
@@ -69,8 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {args.client}-b{n} [{variant or 'default'}] seed {seed}: "
                   f"{psnrs[-1]:.2f} dB, residual {rec.fit.attack_residual:.2e}, "
                   f"{seconds:.0f} s", flush=True)
-        print(f"{args.client}-b{n} [{variant or 'default'}]: mean {statistics.mean(psnrs):.2f} "
-              f"dB ({' / '.join(f'{p:.2f}' for p in psnrs)})", flush=True)
+        print_mean(f"{args.client}-b{n}", variant, psnrs)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Every row returns (setting, attack, result dict or None, target text, verdict "m
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -158,6 +159,12 @@ def fedleak_run(model: torch.nn.Module, update: fedleak.ClientUpdate, truth: tor
         r["trace"] = [(it + (rows - 1) * min(it, at), p, t) for it, p, t in trace]
     r["tv"] = rec.extras.get("tv")
     return r
+
+
+def print_mean(tag: str, variant: str, psnrs: list[float]) -> None:
+    """One variant's summary line over its seeds: the mean PSNR and each seed's."""
+    print(f"{tag} [{variant or 'default'}]: mean {statistics.mean(psnrs):.2f} dB "
+          f"({' / '.join(f'{p:.2f}' for p in psnrs)})", flush=True)
 
 
 def reach(trace: list[tuple[int, float, float]], level: float) -> tuple[int, float] | None:

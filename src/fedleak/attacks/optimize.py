@@ -209,11 +209,11 @@ def optimize(
         if checkpoint:
             current = float(best_loss.min())
             if inputs.callback is not None and bool(torch.isfinite(best_loss).any()):
-                i = int(best_loss.argmin())
                 with torch.no_grad():
                     if summarize is not None:
                         imgs = summarize(best, best_loss)
                     else:
+                        i = int(best_loss.argmin())
                         imgs = decode({k: v[i : i + 1] for k, v in best.items()})[0]
                 inputs.callback(Checkpoint(iteration=done, loss=current, images=imgs.detach()))
     if not bool(torch.isfinite(best_loss).any()):
